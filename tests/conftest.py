@@ -1,0 +1,9 @@
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+FIXTURES = os.path.join(os.path.dirname(ROOT), "shared", "fixtures")
+torch.set_num_threads(min(2, torch.get_num_threads()))
