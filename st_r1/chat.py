@@ -1,0 +1,38 @@
+"""Prompts in Qwen-VL's chat format, with the video placeholder expanded to one token per merged patch."""
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+# R1-style instruction appended to every question: the model must think, then answer in tags (paper Sec. 4).
+THINK_INSTRUCTION = (" Output the thinking process in <think> </think> and the final answer (the option letter, or the"
+                     " route description) in <answer> </answer> tags.")
+END_OF_TURN = "<|im_end|>"
+
+
+def prompt_text(question, num_video_tokens=0, system=SYSTEM_PROMPT, instruction=THINK_INSTRUCTION):
+    """The chat string up to the assistant's turn. The video comes first in the user turn, as in Qwen's template."""
+    video = "<|vision_start|>" + "<|video_pad|>" * num_video_tokens + "<|vision_end|>" if num_video_tokens else ""
+    return (f"<|im_start|>system\n{system}<|im_end|>\n"
+            f"<|im_start|>user\n{video}{question}{instruction}<|im_end|>\n"
+            f"<|im_start|>assistant\n")
+
+
+def num_video_tokens(video_grid_thw, merge_size=2):
+    """One LM token per merge_size x merge_size block of patches (the patch merger), over all temporal groups."""
+    t, h, w = (int(x) for x in video_grid_thw.reshape(-1)[:3])
+    return t * h * w // (merge_size * merge_size)
+
+
+def prompt_ids(tokenizer, question, video_grid_thw=None, merge_size=2, **kw):
+    n = num_video_tokens(video_grid_thw, merge_size) if video_grid_thw is not None else 0
+    return tokenizer.encode(prompt_text(question, n, **kw), add_special_tokens=False)
+
+
+def answer_ids(tokenizer, solution):
+    """The assistant's reply as trained in SFT: the solution, then the end-of-turn token the sampler stops at."""
+    return tokenizer.encode(solution + END_OF_TURN, add_special_tokens=False)
+
+
+def end_of_turn_ids(tokenizer):
+    ids = {tokenizer.convert_tokens_to_ids(END_OF_TURN)}
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(i for i in ids if i is not None and i >= 0)

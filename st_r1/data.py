@@ -1,0 +1,127 @@
+"""Ego-ST rows (JSONL) -> model inputs: validated loading, video encoding with a small cache, batching."""
+import json
+import os
+import random
+from collections import OrderedDict
+
+import torch
+
+from st_r1 import chat
+
+REQUIRED = ("problem", "video")
+
+
+class DataError(ValueError):
+    """A malformed row; the message starts with `path:line:` so an editor can jump to it."""
+
+
+def load_rows(path):
+    """Read Ego-ST JSONL as it is released. Every key is kept; blank lines are skipped; anything else is an error."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            for key in REQUIRED:
+                if not isinstance(row.get(key), str) or not row[key]:
+                    raise DataError(f"{path}:{lineno}: missing or empty string field {key!r}")
+            if not isinstance(row.get("solution"), str) and not isinstance(row.get("original_answer"), str):
+                raise DataError(f"{path}:{lineno}: needs 'solution' or 'original_answer'")
+            row["_line"] = lineno
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
+
+
+def resolve_video(row, video_root=None):
+    path = row["video"]
+    return path if os.path.isabs(path) or video_root is None else os.path.join(video_root, path)
+
+
+def shuffle_temporal(pixel_values_videos, video_grid_thw, rng):
+    """Shuffle the temporal groups of one video's patches (rows are t-major), for the T-GRPO baseline."""
+    t = int(video_grid_thw[0, 0])
+    perm = list(range(t))
+    while t > 1 and perm == sorted(perm):
+        rng.shuffle(perm)
+    return pixel_values_videos.reshape(t, -1, pixel_values_videos.shape[-1])[perm].reshape(pixel_values_videos.shape)
+
+
+class PromptEncoder:
+    """Row -> prompt ids and video patches. Each video is decoded once and kept (8 questions share one video)."""
+
+    def __init__(self, tokenizer, video_root=None, num_frames=8, min_pixels=56 * 56, max_pixels=128 * 28 * 28,
+                 merge_size=2, cache_size=512):
+        self.tok, self.video_root, self.num_frames = tokenizer, video_root, num_frames
+        self.min_pixels, self.max_pixels, self.merge_size = min_pixels, max_pixels, merge_size
+        self.cache, self.cache_size = OrderedDict(), cache_size
+
+    def video(self, row):
+        from st_r1.video import load_video  # PyAV only when a video is really read
+        path = resolve_video(row, self.video_root)
+        if path not in self.cache:
+            self.cache[path] = load_video(path, self.num_frames, self.min_pixels, self.max_pixels)
+            if len(self.cache) > self.cache_size:
+                self.cache.popitem(last=False)
+        self.cache.move_to_end(path)
+        return self.cache[path]
+
+    def encode(self, row, shuffle_seed=None):
+        pixels, grid, second_per_grid = self.video(row)
+        if shuffle_seed is not None:
+            pixels = shuffle_temporal(pixels, grid, random.Random(shuffle_seed))
+        ids = chat.prompt_ids(self.tok, row["problem"], grid, self.merge_size)
+        return dict(input_ids=ids, pixel_values_videos=pixels, video_grid_thw=grid,
+                    second_per_grid_ts=float(second_per_grid))
+
+    def encode_sft(self, row):
+        """Prompt + answer ids and the labels: -100 on prompt and video tokens, so only the answer is learned."""
+        ex = self.encode(row)
+        answer = chat.answer_ids(self.tok, row["solution"])
+        ex["labels"] = [-100] * len(ex["input_ids"]) + answer
+        ex["input_ids"] = ex["input_ids"] + answer
+        return ex
+
+
+def collate_prompts(examples, pad_token_id):
+    """Left-pad ids (so every row's next token sits in the last column) and stack the videos of the batch."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long) if "labels" in examples[0] else None
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, width - n:] = torch.tensor(e["input_ids"])
+        mask[i, width - n:] = 1
+        if labels is not None:
+            labels[i, width - n:] = torch.tensor(e["labels"])
+    batch = dict(input_ids=ids, attention_mask=mask,
+                 pixel_values_videos=torch.cat([e["pixel_values_videos"] for e in examples]),
+                 video_grid_thw=torch.cat([e["video_grid_thw"].reshape(1, 3) for e in examples]),
+                 second_per_grid_ts=torch.tensor([e["second_per_grid_ts"] for e in examples]))
+    if labels is not None:
+        batch["labels"] = labels
+    return batch
+
+
+def encode_rows(encoder, rows, fn="encode", skip_bad=True, log=print):
+    """Encode rows, skipping (and counting, never silently) those whose video is missing or unreadable."""
+    from st_r1.video import VideoError
+    good, bad = [], []
+    for row in rows:
+        try:
+            good.append((row, getattr(encoder, fn)(row)))
+        except VideoError as e:
+            if not skip_bad:
+                raise
+            bad.append((row.get("_line"), str(e)))
+    if bad:
+        log(f"skipped {len(bad)} of {len(rows)} rows with unreadable videos; first: line {bad[0][0]}: {bad[0][1]}")
+    return good, bad

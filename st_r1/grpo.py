@@ -1,0 +1,226 @@
+"""GRPO (DeepSeekMath, Shao et al. 2024) as ST-R1 uses it (arXiv 2503.12542, Sec. 3.3), in the paper's terms.
+
+For a prompt q, sample G completions o_1..o_G from pi_old and score them: rewards r_i.
+    A_i      = (r_i - mean(r)) / (std(r) + eps)                                   group-normalised advantage
+    rho_i,t  = pi_theta(o_i,t | q, o_i,<t) / pi_old(o_i,t | ...)                    per-token ratio
+    KL_i,t   = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1                          k3 estimator, >= 0
+    J        = agg_t,i [ min(rho A, clip(rho, 1-eps_low, 1+eps_high) A) - beta KL ]
+and the loss is -J. With mu = 1 update per rollout, pi_old = pi_theta in value, rho = 1 and the clip never binds:
+the authors' setting. eps_high > eps_low is DAPO's "clip-higher".
+"""
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+# ----------------------------------------------------------------------------------------------- the maths
+
+def group_advantages(rewards, group_size, scale="group", eps=1e-4):
+    """A_i for rewards (P*G,) laid out prompt-major. scale: 'group' (GRPO), 'batch' (std over the whole batch,
+    as in Hu et al. REINFORCE++), 'none' (Dr. GRPO: no std division, which removes the difficulty bias).
+    Returns (advantages, frac_zero_std): groups whose rewards are all equal carry no signal (A = 0)."""
+    r = rewards.float().view(-1, group_size)
+    centred = r - r.mean(dim=1, keepdim=True)
+    if scale == "group":
+        # unbiased std, as in TRL's GRPOTrainer, so numbers are comparable with it
+        std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
+    elif scale == "batch":
+        std = r.std() if r.numel() > 1 else torch.zeros(())
+    elif scale == "none":
+        std = None
+    else:
+        raise ValueError(f"unknown advantage scale {scale!r} (group, batch, none)")
+    # a group with equal rewards is centred to exactly 0; keep it 0 even with eps = 0
+    adv = centred if std is None else centred / torch.where(std > 0, std + eps, torch.ones_like(std))
+    frac_zero_std = (r == r[:, :1]).all(dim=1).float().mean().item()
+    return adv.view(-1), frac_zero_std
+
+
+def k3_kl(logp, ref_logp):
+    """Schulman's k3 estimator of KL(pi_theta || pi_ref) per token: unbiased, always >= 0, exactly 0 when equal."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def aggregate(per_token, mask, mode, max_len=None, num_seqs=None, num_tokens=None):
+    """Token losses (N, C) -> scalar. seq_mean: mean over tokens of each sequence, then over sequences (GRPO paper
+    and the authors' code); token_mean: over all tokens of the batch (DAPO); constant: sum / (N * max_len)
+    (Dr. GRPO: no length normalisation, so long wrong answers are not favoured).
+    num_seqs / num_tokens: the normalisers of the WHOLE batch when this call sees one micro-batch or one rank's
+    share, so that summing the pieces gives exactly the full-batch loss."""
+    mask = mask.to(per_token.dtype)
+    num_seqs = per_token.shape[0] if num_seqs is None else num_seqs
+    if mode == "seq_mean":
+        return ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).sum() / num_seqs
+    if mode == "token_mean":
+        num_tokens = mask.sum().clamp(min=1) if num_tokens is None else max(num_tokens, 1)
+        return (per_token * mask).sum() / num_tokens
+    if mode == "constant":
+        return (per_token * mask).sum() / (num_seqs * (max_len or per_token.shape[1]))
+    raise ValueError(f"unknown loss aggregation {mode!r} (seq_mean, token_mean, constant)")
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps_low=0.2, eps_high=0.2, beta=0.04,
+              agg="seq_mean", max_len=None, num_seqs=None, num_tokens=None):
+    """-J of the module docstring. logp (N, C) carries the gradient; old_logp / ref_logp are constants (ref may be
+    None when beta = 0). Returns (loss, stats) with clip fractions measured where the clip really binds."""
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages.view(-1, 1)
+    objective = torch.min(ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv)
+    kl = k3_kl(logp, ref_logp) if (beta and ref_logp is not None) else torch.zeros_like(logp)
+    loss = -aggregate(objective - beta * kl, mask, agg, max_len, num_seqs, num_tokens)
+    m = mask.bool()
+    n = m.sum().clamp(min=1)
+    with torch.no_grad():
+        stats = dict(kl=(kl * m).sum().item() / n.item(),
+                     clip_low=((ratio < 1 - eps_low) & (adv < 0) & m).sum().item() / n.item(),
+                     clip_high=((ratio > 1 + eps_high) & (adv > 0) & m).sum().item() / n.item())
+    return loss, stats
+
+
+# ----------------------------------------------------------------------------------------------- batches of rows
+
+def video_offsets(grid):
+    """Row offsets of each video's patches inside the concatenated pixel_values_videos (one video per row)."""
+    sizes = grid.prod(dim=1)
+    return torch.cat([sizes.new_zeros(1), sizes.cumsum(0)]).tolist()
+
+
+def select_rows(batch, rows):
+    """Sub-batch of a collated prompt batch (one video per row): ids, masks and the matching video patches."""
+    rows = list(rows)
+    off = video_offsets(batch["video_grid_thw"])
+    out = {k: v[rows] for k, v in batch.items() if k not in ("pixel_values_videos",)}
+    out["pixel_values_videos"] = torch.cat([batch["pixel_values_videos"][off[r]:off[r + 1]] for r in rows])
+    return out
+
+
+def repeat_rows(batch, n):
+    """Every prompt row repeated n times, prompt-major (row i*n+g), matching generate()'s sample order."""
+    return select_rows(batch, [i for i in range(batch["input_ids"].shape[0]) for _ in range(n)])
+
+
+def completion_logprobs(model, prompts, tokens, mask, temperature=1.0, with_entropy=False):
+    """log pi(o_t | q, o_<t) of the completion tokens (N, C), for prompts (N rows, collated) and completions.
+    Only the C logits that predict completion tokens are computed (logits_to_keep), never the prompt's."""
+    C = tokens.shape[1]
+    ids = torch.cat([prompts["input_ids"], tokens], dim=1)
+    attn = torch.cat([prompts["attention_mask"], mask.to(prompts["attention_mask"].dtype)], dim=1)
+    vision = {k: v for k, v in prompts.items() if k not in ("input_ids", "attention_mask", "labels")}
+    logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=C + 1, **vision)[:, :-1].float()
+    if temperature and temperature != 1.0:
+        logits = logits / temperature  # the sampler's distribution, so ratios compare like with like
+    logz = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logz
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = logz - (torch.softmax(logits, -1) * logits).sum(-1)
+    return logp * mask, entropy
+
+
+# ----------------------------------------------------------------------------------------------- one step
+
+@dataclass
+class GRPOConfig:
+    group_size: int = 8            # G
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    beta: float = 0.04             # KL weight (paper / R1-V default)
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    num_iterations: int = 1        # mu
+    adv_scale: str = "group"       # group | batch | none
+    loss_agg: str = "seq_mean"     # seq_mean | token_mean | constant
+    mask_truncated: bool = False   # drop completions cut by max_new_tokens from the loss (DAPO overlong filter)
+    micro_batch: int = 8           # rows per forward/backward in the update
+    max_grad_norm: float = 1.0
+
+
+def temporal_bonus(acc_ordered, acc_shuffled, group_size, alpha=0.3):
+    """Video-R1's T-GRPO: per prompt, if the fraction correct with ordered frames beats that with shuffled frames,
+    correct ordered completions get +alpha (the model is rewarded for using the temporal order)."""
+    a = acc_ordered.view(-1, group_size)
+    better = a.mean(1) > acc_shuffled.view(-1, group_size).mean(1)
+    return (alpha * a * better.unsqueeze(1).to(a.dtype)).view(-1)
+
+
+def score(texts, rows, reward_fns, weights):
+    """Rewards (N, F) of each function (name order of `weights`) and their weighted sum (N,)."""
+    names = list(weights)
+    per_fn = torch.tensor([[reward_fns[n](t, r) for n in names] for t, r in zip(texts, rows)], dtype=torch.float32)
+    total = per_fn @ torch.tensor([weights[n] for n in names], dtype=torch.float32)
+    return per_fn.view(len(texts), len(names)), total
+
+
+def _global_sum(x):
+    """Sum of a number over all ranks (identity without a process group)."""
+    import torch.distributed as dist
+    t = torch.tensor(float(x), dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t.item()
+
+
+@torch.no_grad()
+def rollout(model, batch, cfg, eos_token_ids, pad_token_id, generator=None):
+    """G completions per prompt: the prompt and its video are prefilled once and the KV cache is shared."""
+    from st_r1.generate import generate
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return generate(model, **inputs, max_new_tokens=cfg.max_new_tokens, eos_token_ids=eos_token_ids,
+                    pad_token_id=pad_token_id, num_samples=cfg.group_size, temperature=cfg.temperature,
+                    top_p=cfg.top_p, generator=generator)
+
+
+def update(policy, ref_model, optimizer, prompts, gen, advantages, cfg, timer, step=None):
+    """mu optimiser steps on one rollout batch. prompts: the collated prompts repeated G times (rows match gen).
+    The loss normalisers are summed over ranks and micro-batches so every split gives the full-batch gradient."""
+    import torch.distributed as dist
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    mask = gen.mask & ~gen.truncated.unsqueeze(1) if cfg.mask_truncated else gen.mask
+    n_rows = mask.shape[0]
+    num_seqs, num_tokens = _global_sum(n_rows), _global_sum(mask.sum().item())
+    chunks = [list(range(i, min(i + cfg.micro_batch, n_rows))) for i in range(0, n_rows, cfg.micro_batch)]
+    ref_logp = None
+    with timer("logprob"), torch.no_grad():
+        if cfg.beta and ref_model is not None:
+            ref_logp = torch.cat([completion_logprobs(ref_model, select_rows(prompts, c), gen.tokens[c], mask[c],
+                                                      cfg.temperature)[0] for c in chunks])
+    # mu = 1: pi_old is the current policy, ratio = exp(logp - logp.detach()) = 1 (the authors' setting).
+    # mu > 1: pi_old is the policy that sampled, whose log-probs the sampler already returned.
+    old_logp = gen.logprobs if cfg.num_iterations > 1 else None
+    stats = dict(kl=0.0, clip_low=0.0, clip_high=0.0, entropy=0.0, loss=0.0, grad_norm=0.0)
+    policy.train()
+    for it in range(cfg.num_iterations):
+        optimizer.zero_grad(set_to_none=True)
+        with timer("update"):
+            for k, c in enumerate(chunks):
+                sync = k == len(chunks) - 1 or not hasattr(policy, "no_sync")
+                ctx = torch.enable_grad() if sync else policy.no_sync()
+                with ctx:
+                    logp, ent = completion_logprobs(policy, select_rows(prompts, c), gen.tokens[c], mask[c],
+                                                    cfg.temperature, with_entropy=(it == 0))
+                    old = old_logp[c] if old_logp is not None else logp.detach()
+                    loss, st = grpo_loss(logp, old, None if ref_logp is None else ref_logp[c], advantages[c],
+                                         mask[c], cfg.eps_low, cfg.eps_high, cfg.beta, cfg.loss_agg,
+                                         cfg.max_new_tokens, num_seqs, num_tokens)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"non-finite GRPO loss at step {step}, iteration {it}, "
+                                                 f"micro-batch rows {c[0]}..{c[-1]}: nothing was updated")
+                    # DDP averages gradients over ranks; the normalisers are already global, so undo the average
+                    (loss * world).backward()
+                w = mask[c].sum().item() / max(mask.sum().item(), 1)
+                if it == 0:
+                    for key in ("kl", "clip_low", "clip_high"):
+                        stats[key] += st[key] * w
+                    stats["entropy"] += (ent * mask[c]).sum().item() / max(mask.sum().item(), 1)
+                stats["loss"] += loss.item() / cfg.num_iterations
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                raise FloatingPointError(f"non-finite gradient norm at step {step}, iteration {it}")
+            optimizer.step()
+        stats["grad_norm"] = float(grad_norm)
+    return stats
+
