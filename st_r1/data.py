@@ -125,3 +125,31 @@ def encode_rows(encoder, rows, fn="encode", skip_bad=True, log=print):
     if bad:
         log(f"skipped {len(bad)} of {len(rows)} rows with unreadable videos; first: line {bad[0][0]}: {bad[0][1]}")
     return good, bad
+
+
+DEFAULT_MODEL = "runs/tiny-model"
+
+
+def resolve_defaults(cfg, is_main=True):
+    """The embedded default: with no --model / --train-file, use (and on first use, make) the tiny random Qwen2.5-VL
+    and the synthetic world's bench, so that `python train_sft.py` works on a fresh machine with no download.
+    Rank 0 makes them; the other ranks wait at a barrier."""
+    import torch.distributed as tdist
+    model_dir = cfg.model or DEFAULT_MODEL
+    train_file = cfg.train_file or os.path.join(cfg.bench, "train.jsonl")
+    eval_file = cfg.eval_file or os.path.join(cfg.bench, "test.jsonl")
+    if is_main:
+        if not cfg.model and not os.path.exists(os.path.join(model_dir, "config.json")):
+            from st_r1.world import write_tiny_model
+            print(f"no --model given: writing the tiny random Qwen2.5-VL to {model_dir}")
+            write_tiny_model(model_dir)
+        if not cfg.train_file and not os.path.exists(train_file):
+            from st_r1.world import make_bench
+            print(f"no --train-file given: generating the synthetic bench in {cfg.bench}")
+            make_bench(cfg.bench, seed=0, split="both")
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.barrier()
+    for path in (model_dir, train_file):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} does not exist")
+    return model_dir, train_file, (eval_file if os.path.exists(eval_file) else "")

@@ -1,0 +1,189 @@
+"""Stage 2 of ST-R1: GRPO with the reverse-thinking reward (paper Sec. 3.3; maths in st_r1/grpo.py).
+
+    python train_grpo.py                                  # the SFT'd tiny model on the synthetic world, CPU
+    torchrun --nproc_per_node=8 train_grpo.py --model runs/sft/latest --train-file ego_st.jsonl --video-root ...
+"""
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm import tqdm
+
+from st_r1 import cli, data, dist, grpo, rewards
+from train_sft import batch_rows
+
+
+@dataclass
+class Config:
+    """GRPO of a video model on Ego-ST rows with format, accuracy, reverse-thinking and route rewards."""
+    model: str = ""                # HF folder; empty: the latest checkpoint of runs/sft, else the tiny random model
+    bench: str = "data/world"
+    train_file: str = ""
+    eval_file: str = ""
+    video_root: str = ""
+    out: str = "runs/grpo"
+    resume: bool = False
+    steps: int = 60
+    prompts_per_step: int = 8      # global; each prompt gets group_size completions
+    group_size: int = 8            # G
+    micro_batch: int = 16          # completion rows per forward/backward
+    max_new_tokens: int = 160
+    temperature: float = 1.0
+    top_p: float = 1.0
+    lr: float = 2e-5
+    warmup: int = 0
+    min_lr_ratio: float = 1.0
+    beta: float = 0.04
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    num_iterations: int = 1        # mu
+    adv_scale: str = "group"       # group | batch | none (Dr. GRPO)
+    loss_agg: str = "seq_mean"     # seq_mean | token_mean | constant
+    mask_truncated: bool = False
+    max_grad_norm: float = 1.0
+    reward_weights: str = "format=0.5,accuracy=1,reverse_thinking=0.5,route=1"  # add temporal=1 for T-GRPO
+    gate_reverse_on_correct: bool = True
+    num_frames: int = 8
+    min_pixels: int = 56 * 56
+    max_pixels: int = 128 * 28 * 28
+    freeze_vision: bool = False
+    parallel: str = "ddp"
+    eval_every: int = 0
+    eval_limit: int = 128
+    save_every: int = 20
+    seed: int = 0
+
+
+def reward_functions(cfg):
+    fns = dict(rewards.REWARDS)
+    if "reverse_thinking" in fns:
+        fns["reverse_thinking"] = lambda t, r: rewards.reverse_thinking_reward(
+            t, r, gate_on_correct=cfg.gate_reverse_on_correct)
+    return fns
+
+
+def completion_texts(tok, gen, eos_ids):
+    """Decoded completions without the end-of-turn token; special tags like <think> are kept."""
+    out = []
+    for row, m in zip(gen.tokens.tolist(), gen.mask.tolist()):
+        ids = [t for t, keep in zip(row, m) if keep and t not in eos_ids]
+        out.append(tok.decode(ids, skip_special_tokens=False))
+    return out
+
+
+def sampling_generator(cfg, step, rank):
+    g = torch.Generator()
+    g.manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
+    return g
+
+
+def main(cfg):
+    d = dist.setup()
+    dist.seed_everything(cfg.seed, d.rank)
+    if not cfg.model and os.path.exists(os.path.join("runs/sft", "latest")):
+        cfg.model = dist.latest_checkpoint("runs/sft")
+    model_dir, train_file, eval_file = data.resolve_defaults(cfg, is_main=d.is_main)
+    from transformers import AutoTokenizer
+    from st_r1 import chat
+    from st_r1.model import VideoLM
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    eos_ids = chat.end_of_turn_ids(tok)
+    model = VideoLM.from_pretrained(model_dir, device=d.device)
+    if cfg.freeze_vision:
+        model.visual.requires_grad_(False)
+    ref = None
+    if cfg.beta:  # the frozen reference is the starting checkpoint (paper: KL to pi_ref)
+        ref = VideoLM.from_pretrained(model_dir, device=d.device).eval().requires_grad_(False)
+    policy = dist.wrap_model(model, cfg.parallel)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    sched = dist.cosine_schedule(opt, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
+    weights = rewards.parse_weights(cfg.reward_weights)
+    fns = reward_functions(cfg)
+    use_temporal = weights.pop("temporal", 0.0)
+    gcfg = grpo.GRPOConfig(cfg.group_size, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.beta, cfg.eps_low,
+                           cfg.eps_high, cfg.num_iterations, cfg.adv_scale, cfg.loss_agg, cfg.mask_truncated,
+                           cfg.micro_batch, cfg.max_grad_norm)
+
+    rows = data.load_rows(train_file)
+    enc = data.PromptEncoder(tok, cfg.video_root or os.path.dirname(train_file), cfg.num_frames, cfg.min_pixels,
+                             cfg.max_pixels, model.spatial_merge_size)
+    state = dist.load_checkpoint(cfg.out, policy, opt, sched) if cfg.resume else None
+    step, skipped = (state["step"], state.get("skipped", [])) if state else (0, [])
+    if d.is_main:
+        os.makedirs(cfg.out, exist_ok=True)
+        with open(os.path.join(cfg.out, "config.json"), "w") as f:
+            json.dump(dict(asdict(cfg), model=model_dir), f, indent=1)
+    dist.log(f"GRPO: {len(rows)} rows from {train_file}, model {model_dir}, G={cfg.group_size}, "
+             f"{cfg.prompts_per_step} prompts/step, rewards {weights}{' + temporal' if use_temporal else ''}")
+
+    bar = tqdm(total=cfg.steps, initial=step, desc="grpo", disable=not d.is_main, dynamic_ncols=True)
+    while step < cfg.steps:
+        timer, t0 = grpo.Timer(), time.perf_counter()
+        mine = batch_rows(rows, step, cfg.prompts_per_step, cfg.seed)[d.rank::d.world_size]
+        encoded, bad = data.encode_rows(enc, mine, skip_bad=True, log=lambda m: None)
+        skipped += [f"line {ln}: {why}" for ln, why in bad]
+        if not encoded:
+            raise RuntimeError(f"step {step}: every video of this rank's prompts is unreadable: {bad[:3]}")
+        prompt_rows = [r for r, _ in encoded]
+        batch = {k: v.to(d.device) for k, v in data.collate_prompts([e for _, e in encoded], tok.pad_token_id).items()}
+        policy.eval()
+        with timer("rollout"):
+            gen = grpo.rollout(model, batch, gcfg, eos_ids, tok.pad_token_id, sampling_generator(cfg, step, d.rank))
+        texts = completion_texts(tok, gen, eos_ids)
+        sample_rows = [r for r in prompt_rows for _ in range(cfg.group_size)]
+        per_fn, total = grpo.score(texts, sample_rows, fns, weights)
+        names = list(weights)
+        if use_temporal:  # T-GRPO baseline: the same prompts with shuffled frames
+            shuf = [enc.encode(r, shuffle_seed=cfg.seed + step) for r in prompt_rows]
+            sbatch = {k: v.to(d.device) for k, v in data.collate_prompts(shuf, tok.pad_token_id).items()}
+            with timer("rollout"):
+                sgen = grpo.rollout(model, sbatch, gcfg, eos_ids, tok.pad_token_id,
+                                    sampling_generator(cfg, step + 10**6, d.rank))
+            acc = torch.tensor([fns["accuracy"](t, r) for t, r in zip(texts, sample_rows)])
+            sacc = torch.tensor([fns["accuracy"](t, r) for t, r in zip(completion_texts(tok, sgen, eos_ids),
+                                                                         sample_rows)])
+            bonus = grpo.temporal_bonus(acc, sacc, cfg.group_size)
+            total = total + use_temporal * bonus
+            per_fn, names = torch.cat([per_fn, bonus[:, None]], 1), names + ["temporal"]
+        advantages, frac_zero_std = grpo.group_advantages(total, cfg.group_size, cfg.adv_scale)
+        prompts = grpo.repeat_rows(batch, cfg.group_size)
+        stats = grpo.update(policy, ref, opt, prompts, gen, advantages.to(d.device), gcfg, timer, step)
+        sched.step()
+        step += 1
+
+        lengths = gen.mask.sum(1).float()
+        n_gen = lengths.sum().item()
+        rec = dict(step=step, reward=total.mean().item(), reward_std=total.std().item() if total.numel() > 1 else 0.0,
+                   **{f"reward/{n}": per_fn[:, i].mean().item() for i, n in enumerate(names)},
+                   **{f"reward_std/{n}": per_fn[:, i].std().item() if len(per_fn) > 1 else 0.0
+                      for i, n in enumerate(names)},
+                   frac_zero_std=frac_zero_std, completion_len=lengths.mean().item(),
+                   completion_len_max=lengths.max().item(), truncated=gen.truncated.float().mean().item(),
+                   rollout_tok_s=n_gen / max(timer.t.get("rollout", 0), 1e-9),
+                   train_tok_s=n_gen * cfg.num_iterations / max(timer.t.get("update", 0), 1e-9),
+                   **{f"time/{k}": v for k, v in timer.t.items()}, step_s=time.perf_counter() - t0,
+                   lr=sched.get_last_lr()[0], **stats)
+        if "accuracy" in names:
+            mc = [i for i, r in enumerate(sample_rows) if r.get("task", "mcq") != "route"]
+            rec["accuracy"] = per_fn[mc, names.index("accuracy")].mean().item() if mc else 0.0
+        rec = {k: dist.all_reduce_mean(v) if isinstance(v, float) and k != "step" else v for k, v in rec.items()}
+        if d.is_main:
+            with open(os.path.join(cfg.out, "log.jsonl"), "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        bar.set_postfix(reward=f"{rec['reward']:.3f}", acc=f"{rec.get('accuracy', 0):.2f}", kl=f"{rec['kl']:.4f}")
+        bar.update(1)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            dist.save_checkpoint(cfg.out, step, policy, opt, sched, dict(step=step, skipped=skipped))
+    bar.close()
+    if skipped:
+        dist.log(f"skipped {len(skipped)} rows with unreadable videos, e.g. {skipped[0]}")
+    dist.log(f"done: final model in {dist.latest_checkpoint(cfg.out)}")
+    dist.shutdown()
+
+
+if __name__ == "__main__":
+    main(cli.parse(Config))

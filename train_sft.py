@@ -1,0 +1,180 @@
+"""Stage 1 of ST-R1: long chain-of-thought SFT (paper Sec. 3.2). Trains on the answer tokens only.
+
+    python train_sft.py                                   # tiny model, synthetic world, CPU
+    torchrun --nproc_per_node=8 train_sft.py --model /path/Qwen2-VL-7B-Instruct --train-file ego_st.jsonl \
+        --video-root /data/videos --parallel fsdp --lr 1e-5
+"""
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm import tqdm
+
+from st_r1 import cli, data, dist
+
+
+@dataclass
+class Config:
+    """Long chain-of-thought SFT of a Qwen2-VL / Qwen2.5-VL video model on Ego-ST rows."""
+    model: str = ""                # HF folder; empty: the tiny random Qwen2.5-VL of the synthetic world (made if missing)
+    bench: str = "data/world"      # synthetic bench folder (made by st_r1.world if missing) when no files are given
+    train_file: str = ""           # Ego-ST JSONL; default {bench}/train.jsonl
+    eval_file: str = ""            # held-out JSONL; default {bench}/test.jsonl
+    video_root: str = ""           # relative video paths resolve here; default: the JSONL's folder
+    out: str = "runs/sft"
+    resume: bool = False           # continue from the latest checkpoint in --out
+    steps: int = 300
+    batch_size: int = 16           # global batch (rows), split over ranks and micro-batches
+    micro_batch: int = 8           # rows per forward/backward on one rank (gradient accumulation above it)
+    lr: float = 2e-3               # tiny model from scratch; use ~1e-5 for a real checkpoint
+    warmup: int = 20
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    answer_only: bool = False      # baseline: train on "<answer>X</answer>" without the chain of thought
+    num_frames: int = 8
+    min_pixels: int = 56 * 56
+    max_pixels: int = 128 * 28 * 28
+    freeze_vision: bool = False
+    grad_checkpoint: bool = False
+    lora_r: int = 0                # > 0: LoRA adapters of this rank on the decoder's attention, merged on save
+    parallel: str = "ddp"          # ddp | fsdp (FSDP2, one unit per block) | none
+    eval_every: int = 100
+    eval_limit: int = 128
+    max_new_tokens: int = 160
+    save_every: int = 100
+    seed: int = 0
+
+
+def answer_only(row):
+    """The answer-only baseline: same rows, the <think> block dropped from the target."""
+    gold = row.get("original_answer", "")
+    return dict(row, solution=f"<answer>{gold}</answer>")
+
+
+def batch_rows(rows, step, batch_size, seed):
+    """The global batch of a step: a fixed permutation per epoch, so a resumed run sees exactly the same data."""
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, i = divmod(start + len(out), len(rows))
+        perm = list(range(len(rows)))
+        random.Random(seed * 100003 + epoch).shuffle(perm)
+        out.append(rows[perm[i]])
+    return out
+
+
+def sft_loss(model, batch, num_tokens):
+    """Sum of answer-token cross-entropies / the global answer-token count (so split batches add up exactly)."""
+    labels = batch.pop("labels")
+    logits = model(**batch).float()
+    # token t predicts t+1; labels are -100 on prompt and video tokens (masked out)
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
+                                             ignore_index=-100, reduction="sum") / num_tokens
+
+
+def main(cfg):
+    d = dist.setup()
+    dist.seed_everything(cfg.seed, d.rank)
+    model_dir, train_file, eval_file = data.resolve_defaults(cfg, is_main=d.is_main)
+    from transformers import AutoTokenizer  # tokenizer only; the model is ours
+    from st_r1.model import VideoLM
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = VideoLM.from_pretrained(model_dir, device=d.device)
+    if cfg.freeze_vision:
+        model.visual.requires_grad_(False)
+    if cfg.lora_r:
+        from st_r1 import lora
+        lora.apply_lora(model, r=cfg.lora_r)
+    if cfg.grad_checkpoint:
+        model.gradient_checkpointing = True
+    policy = dist.wrap_model(model, cfg.parallel)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    sched = dist.cosine_schedule(opt, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
+
+    rows = data.load_rows(train_file)
+    if cfg.answer_only:
+        rows = [answer_only(r) for r in rows]
+    eval_rows = data.load_rows(eval_file)[:cfg.eval_limit] if eval_file else []
+    enc = data.PromptEncoder(tok, cfg.video_root or os.path.dirname(train_file), cfg.num_frames, cfg.min_pixels,
+                             cfg.max_pixels, model.spatial_merge_size)
+    eval_enc = data.PromptEncoder(tok, cfg.video_root or os.path.dirname(eval_file or train_file), cfg.num_frames,
+                                  cfg.min_pixels, cfg.max_pixels, model.spatial_merge_size)
+    state = dist.load_checkpoint(cfg.out, policy, opt, sched) if cfg.resume else None
+    step, skipped = (state["step"], state.get("skipped", [])) if state else (0, [])
+    if d.is_main:
+        os.makedirs(cfg.out, exist_ok=True)
+        with open(os.path.join(cfg.out, "config.json"), "w") as f:
+            json.dump(asdict(cfg), f, indent=1)
+    dist.log(f"SFT: {len(rows)} rows, {cfg.steps} steps of {cfg.batch_size}, world {d.world_size}, "
+             f"{'resuming at step %d' % step if state else 'from ' + model_dir}")
+
+    bar = tqdm(total=cfg.steps, initial=step, desc="sft", disable=not d.is_main, dynamic_ncols=True)
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        global_rows = batch_rows(rows, step, cfg.batch_size, cfg.seed)
+        mine = global_rows[d.rank::d.world_size]
+        examples, bad = data.encode_rows(enc, mine, "encode_sft", skip_bad=True, log=lambda m: None)
+        skipped += [f"line {ln}: {why}" for ln, why in bad]
+        n_tokens = dist.all_reduce_sum(sum(sum(1 for x in e["labels"][1:] if x != -100) for _, e in examples))
+        policy.train()
+        opt.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        chunks = [examples[i:i + cfg.micro_batch] for i in range(0, len(examples), cfg.micro_batch)] or [[]]
+        for k, chunk in enumerate(chunks):
+            if not chunk:  # every video of this rank's share was unreadable: still join the collective
+                loss = sum(p.sum() * 0 for p in params)
+            else:
+                batch = {key: v.to(d.device) for key, v in
+                         data.collate_prompts([e for _, e in chunk], tok.pad_token_id).items()}
+                loss = sft_loss(policy, batch, max(n_tokens, 1))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite SFT loss at step {step}, micro-batch {k} (rows "
+                                         f"{[r.get('_line') for r, _ in chunk]} of {train_file}); no update was made, "
+                                         f"the last checkpoint in {cfg.out} is intact")
+            (loss * d.world_size).backward()  # DDP averages over ranks; the normaliser is already global
+            loss_sum += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            raise FloatingPointError(f"non-finite gradient norm at step {step}; no update was made")
+        opt.step()
+        sched.step()
+        step += 1
+        loss_avg = dist.all_reduce_sum(loss_sum)
+        dt = time.perf_counter() - t0
+        rec = dict(step=step, loss=loss_avg, lr=sched.get_last_lr()[0], grad_norm=float(grad_norm),
+                   tokens_per_s=n_tokens / dt, step_s=dt, skipped=len(skipped))
+        if cfg.eval_every and eval_rows and (step % cfg.eval_every == 0 or step == cfg.steps):
+            rec.update(evaluate_model(model, tok, eval_rows, eval_enc, cfg, d))
+        if d.is_main:
+            with open(os.path.join(cfg.out, "log.jsonl"), "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        bar.set_postfix(loss=f"{loss_avg:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+        bar.update(1)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            dist.save_checkpoint(cfg.out, step, policy, opt, sched, dict(step=step, skipped=skipped))
+    bar.close()
+    if skipped:
+        dist.log(f"skipped {len(skipped)} rows with unreadable videos, e.g. {skipped[0]}")
+    dist.log(f"done: final model in {dist.latest_checkpoint(cfg.out)}")
+    dist.shutdown()
+
+
+def evaluate_model(model, tok, rows, enc, cfg, d):
+    """Greedy answers on the held-out rows, scored by the same code as evaluate.py (rank 0 only)."""
+    if not d.is_main:
+        return {}
+    from evaluate import predict
+    from st_r1 import scoring
+    preds = predict(model, tok, rows, enc, batch_size=cfg.micro_batch, max_new_tokens=cfg.max_new_tokens)
+    s = scoring.score_rows(rows, preds)
+    return {"eval_accuracy": s["overall"]["accuracy"], "eval_n": s["overall"]["n"]}
+
+
+if __name__ == "__main__":
+    main(cli.parse(Config))
