@@ -1,0 +1,362 @@
+"""Qwen2-VL / Qwen2.5-VL video-language model in plain PyTorch, loading and saving Hugging Face checkpoints.
+
+The vision tower lives in vision.py. Here: the Qwen2 decoder (grouped-query attention with q/k/v bias, RMSNorm,
+SwiGLU), multimodal RoPE (Qwen2-VL paper, Sec. 2.1 "M-RoPE"), a pre-allocated KV cache, and checkpoint I/O.
+Module names mirror the checkpoint tensor names (model.layers.N.*, visual.*, lm_head.*), so state_dict() is the
+on-disk layout.
+"""
+import json
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from st_r1.vision import RMSNorm, VisionTower, apply_rope
+
+MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+
+
+def text_config(config):
+    """Decoder settings: top-level keys (released checkpoints) overridden by text_config (transformers 5)."""
+    tc = {k: v for k, v in config.items() if k not in ("text_config", "vision_config")}
+    tc.update(config.get("text_config") or {})
+    rope = tc.get("rope_parameters") or tc.get("rope_scaling") or {}
+    tc["rope_theta"] = rope.get("rope_theta", tc.get("rope_theta", 1000000.0))
+    tc["mrope_section"] = rope.get("mrope_section", [16, 24, 24])
+    tc["tie_word_embeddings"] = bool(config.get("tie_word_embeddings")) or bool(
+        (config.get("text_config") or {}).get("tie_word_embeddings"))
+    return tc
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, n_heads, n_kv_heads):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, dim // n_heads
+        self.q_proj = nn.Linear(dim, n_heads * self.head_dim, bias=True)
+        self.k_proj = nn.Linear(dim, n_kv_heads * self.head_dim, bias=True)
+        self.v_proj = nn.Linear(dim, n_kv_heads * self.head_dim, bias=True)
+        self.o_proj = nn.Linear(n_heads * self.head_dim, dim, bias=False)
+
+    def forward(self, x, cos, sin, mask, kv=None, start=0):
+        B, L, _ = x.shape
+        q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv is not None:  # write into the pre-allocated cache, attend over everything so far
+            kv[0][:, :, start:start + L] = k
+            kv[1][:, :, start:start + L] = v
+            k, v = kv[0][:, :, :start + L], kv[1][:, :, :start + L]
+        if mask is None:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        return self.o_proj(o.transpose(1, 2).reshape(B, L, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, tc):
+        super().__init__()
+        dim = tc["hidden_size"]
+        self.input_layernorm = RMSNorm(dim, tc.get("rms_norm_eps", 1e-6))
+        self.self_attn = Attention(dim, tc["num_attention_heads"], tc.get("num_key_value_heads") or tc["num_attention_heads"])
+        self.post_attention_layernorm = RMSNorm(dim, tc.get("rms_norm_eps", 1e-6))
+        self.mlp = MLP(dim, tc["intermediate_size"])
+
+    def forward(self, x, cos, sin, mask, kv=None, start=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv, start)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class TextModel(nn.Module):
+    def __init__(self, tc):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(tc["vocab_size"], tc["hidden_size"])
+        self.layers = nn.ModuleList(DecoderLayer(tc) for _ in range(tc["num_hidden_layers"]))
+        self.norm = RMSNorm(tc["hidden_size"], tc.get("rms_norm_eps", 1e-6))
+
+
+class KVCache:
+    """Pre-allocated keys/values (B, kv_heads, max_len, head_dim) per layer, the key mask, and per row the
+    M-RoPE position of the next token (text after a video continues from the video's largest position + 1)."""
+
+    def __init__(self, k, v, mask, next_pos, length=0):
+        self.k, self.v, self.mask, self.next_pos, self.length = k, v, mask, next_pos, length
+
+    @property
+    def max_len(self):
+        return self.mask.shape[1]
+
+    def repeat_interleave(self, n):
+        """Row i -> rows i*n .. i*n+n-1 (share one prefilled prompt between n samples)."""
+        rep = lambda t: t.repeat_interleave(n, dim=0)
+        return KVCache([rep(t) for t in self.k], [rep(t) for t in self.v], rep(self.mask), rep(self.next_pos),
+                       self.length)
+
+
+class VideoLM(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.model_type = config.get("model_type")
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"unknown model_type {self.model_type!r}; expected one of {MODEL_TYPES}")
+        tc = text_config(config)
+        vc = config["vision_config"]
+        self.image_token_id = config["image_token_id"]
+        self.video_token_id = config["video_token_id"]
+        self.vision_start_token_id = config.get("vision_start_token_id")
+        self.spatial_merge_size = vc.get("spatial_merge_size", 2)
+        self.temporal_patch_size = vc.get("temporal_patch_size", 2)
+        self.patch_size = vc.get("patch_size", 14)
+        self.tokens_per_second = vc.get("tokens_per_second", 1)
+        self.rope_theta, self.mrope_section = tc["rope_theta"], list(tc["mrope_section"])
+        self.head_dim = tc["hidden_size"] // tc["num_attention_heads"]
+        self.tied = tc["tie_word_embeddings"]
+        self.visual = VisionTower(vc, tc["hidden_size"], qwen25=self.model_type == "qwen2_5_vl")
+        self.model = TextModel(tc)
+        self.lm_head = nn.Linear(tc["hidden_size"], tc["vocab_size"], bias=False)
+        if self.tied:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    # ---------------------------------------------------------------- multimodal RoPE
+    def rope_index(self, input_ids, mask, image_grid_thw=None, video_grid_thw=None, second_per_grid_ts=None):
+        """3-D (time, height, width) positions (3, B, L) over the real tokens, and the next position per row.
+
+        Text tokens advance all three axes together; a vision item of grid (t, h, w) gets positions
+        start + (t_index, row, col) on the merged grid; the text after it starts at that item's max + 1.
+        Qwen2.5-VL spaces t_index by seconds: t_index = floor(i * second_per_grid * tokens_per_second).
+        """
+        B, L = input_ids.shape
+        pos = torch.ones(3, B, L, dtype=torch.long)
+        next_pos = torch.zeros(B, dtype=torch.long)
+        grids = {self.image_token_id: iter([] if image_grid_thw is None else image_grid_thw.tolist()),
+                 self.video_token_id: iter([] if video_grid_thw is None else video_grid_thw.tolist())}
+        n_videos = 0
+        m = self.spatial_merge_size
+        for b in range(B):
+            real = mask[b].cpu()
+            ids = input_ids[b].cpu()[real].tolist()
+            chunks, start, i = [], 0, 0
+            while i < len(ids):
+                if ids[i] in grids:
+                    grid = next(grids[ids[i]], None)
+                    if grid is None:
+                        raise ValueError(f"row {b}: more vision token runs than entries in the grid_thw of token {ids[i]}")
+                    t, h, w = grid
+                    step = 1.0
+                    if ids[i] == self.video_token_id:
+                        if self.model_type == "qwen2_5_vl":
+                            spg = 1.0 if second_per_grid_ts is None else float(second_per_grid_ts[n_videos])
+                            step = spg * self.tokens_per_second
+                        n_videos += 1
+                    tt = (torch.arange(t) * step).long()
+                    p = torch.stack(torch.meshgrid(tt, torch.arange(h // m), torch.arange(w // m), indexing="ij"))
+                    p = p.reshape(3, -1)
+                    if ids[i:i + p.shape[1]] != [ids[i]] * p.shape[1]:
+                        raise ValueError(f"row {b}: grid {grid} needs {p.shape[1]} tokens {ids[i]} in a row at {i}")
+                else:
+                    j = i
+                    while j < len(ids) and ids[j] not in grids:
+                        j += 1
+                    p = torch.arange(j - i).expand(3, -1)
+                chunks.append(p + start)
+                start = int(chunks[-1].max()) + 1
+                i += p.shape[1]
+            if chunks:
+                pos[:, b, real] = torch.cat(chunks, 1)
+            next_pos[b] = start
+        return pos.to(input_ids.device), next_pos.to(input_ids.device)
+
+    def mrope(self, pos, dtype):
+        """cos/sin (B, 1, L, head_dim): frequency band j rotates by the position on axis section_of(j)."""
+        d = self.head_dim
+        inv_freq = 1.0 / self.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=pos.device) / d)
+        ang = pos[..., None].float() * inv_freq  # (3, B, L, d/2)
+        axis = torch.repeat_interleave(torch.arange(len(self.mrope_section)) % 3, torch.tensor(self.mrope_section))
+        ang = ang[axis.to(pos.device), :, :, torch.arange(d // 2, device=pos.device)].permute(1, 2, 0)
+        ang = torch.cat([ang, ang], -1)[:, None]
+        return ang.cos().to(dtype), ang.sin().to(dtype)
+
+    # ---------------------------------------------------------------- forward
+    def _splice(self, x, input_ids, token_id, pixels, grid_thw):
+        """Replace the embeddings of the placeholder tokens by the vision tower's features, in order."""
+        if pixels is None:
+            return x
+        feats = self.visual(pixels.to(x.device), grid_thw.to(x.device)).to(x.dtype)
+        where = input_ids == token_id
+        if int(where.sum()) != feats.shape[0]:
+            raise ValueError(f"{int(where.sum())} placeholder tokens {token_id} but {feats.shape[0]} vision features")
+        return x.masked_scatter(where[..., None], feats)
+
+    def new_cache(self, batch_size, max_len, dtype=None, device=None):
+        w = self.lm_head.weight
+        dtype, device = dtype or w.dtype, device or w.device
+        kv = self.model.layers[0].self_attn.n_kv_heads
+        shape = (batch_size, kv, max_len, self.head_dim)
+        n = len(self.model.layers)
+        return KVCache([torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
+                       [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
+                       torch.zeros(batch_size, max_len, dtype=torch.bool, device=device),
+                       torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
+                pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None, mm_token_type_ids=None,
+                cache=None, logits_to_keep=0):
+        """Logits (B, L, V), or (B, k, V) for logits_to_keep=k. mm_token_type_ids is accepted and ignored: the
+        modality is read from the ids. With a cache, input_ids are the new tokens only."""
+        B, n = input_ids.shape
+        past = cache.length if cache is not None else 0
+        new_mask = torch.ones(B, n, dtype=torch.bool, device=input_ids.device)
+        if attention_mask is not None:
+            if attention_mask.shape[1] not in (n, past + n):
+                raise ValueError(f"attention_mask has {attention_mask.shape[1]} columns, expected {n} or {past + n}")
+            new_mask = attention_mask[:, -n:].bool()
+        x = self.model.embed_tokens(input_ids)
+        x = self._splice(x, input_ids, self.image_token_id, pixel_values, image_grid_thw)
+        x = self._splice(x, input_ids, self.video_token_id, pixel_values_videos, video_grid_thw)
+        if past == 0:
+            pos, next_pos = self.rope_index(input_ids, new_mask, image_grid_thw, video_grid_thw, second_per_grid_ts)
+        else:  # decoding: positions continue per row from the prompt's last position (the "rope delta")
+            pos = (cache.next_pos[:, None] + new_mask.long().cumsum(1) - 1).expand(3, -1, -1)
+            next_pos = cache.next_pos + new_mask.sum(1)
+        cos, sin = self.mrope(pos, x.dtype)
+        if cache is not None:
+            if past + n > cache.max_len:
+                raise ValueError(f"KV cache holds {cache.max_len} tokens; {past + n} needed")
+            cache.mask[:, past:past + n] = new_mask
+            keys = cache.mask[:, :past + n]
+            cache.next_pos = next_pos
+        else:
+            keys = new_mask
+        mask = None
+        if past > 0 or not bool(keys.all()):
+            q_at = torch.arange(past, past + n, device=x.device)[:, None]
+            k_at = torch.arange(past + n, device=x.device)[None, :]
+            # causal & real keys; a padding query sees itself so its row stays finite (its output is unused)
+            mask = ((k_at <= q_at) & keys[:, None, None, :]) | (k_at == q_at)
+        for i, layer in enumerate(self.model.layers):
+            kv = (cache.k[i], cache.v[i]) if cache is not None else None
+            x = layer(x, cos, sin, mask, kv, past)
+        if cache is not None:
+            cache.length = past + n
+        x = self.model.norm(x)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        return self.lm_head(x)
+
+    # ---------------------------------------------------------------- construction and checkpoints
+    @classmethod
+    def from_config(cls, config, dtype=None, device=None):
+        """Randomly initialised model (normal(0, 0.02) weights, zero biases, unit norms), from torch's RNG."""
+        with torch.device(device or "cpu"):
+            model = cls(config)
+        for mod in model.modules():
+            for name, p in mod.named_parameters(recurse=False):
+                if isinstance(mod, (RMSNorm, nn.LayerNorm)):
+                    nn.init.ones_(p) if name == "weight" else nn.init.zeros_(p)
+                elif name == "bias":
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, std=0.02)
+        return model.to(dtype) if dtype is not None else model
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=None, device=None):
+        """Build on the meta device, then load each tensor straight to (device, dtype): no fp32 copy of a 7B."""
+        cfg_path = os.path.join(path, "config.json")
+        if not os.path.isfile(cfg_path):
+            raise FileNotFoundError(f"{cfg_path}: no such file")
+        with open(cfg_path) as f:
+            config = json.load(f)
+        if config.get("model_type") not in MODEL_TYPES:
+            raise ValueError(f"{cfg_path}: unknown model_type {config.get('model_type')!r}; expected one of {MODEL_TYPES}")
+        dtype = dtype or _config_dtype(config)
+        with torch.device("meta"):
+            model = cls(config)
+        expected = model.state_dict()
+        if model.tied:
+            expected.pop("lm_head.weight")
+        loaded = {}
+        for file, names in _checkpoint_files(path).items():
+            with safe_open(file, framework="pt", device="cpu") as f:
+                for name in (names or f.keys()):
+                    if name not in f.keys():
+                        raise KeyError(f"{file}: tensor {name} listed in the index is not in the file")
+                    key = _canonical(name)
+                    if model.tied and key == "lm_head.weight":
+                        continue  # tied: the embedding is the output layer
+                    if key not in expected:
+                        raise ValueError(f"{file}: unexpected tensor {name} for {config['model_type']}")
+                    shape = tuple(f.get_slice(name).get_shape())
+                    if shape != tuple(expected[key].shape):
+                        raise ValueError(f"{file}: tensor {name} has shape {shape}, expected {tuple(expected[key].shape)}")
+                    loaded[key] = f.get_tensor(name).to(device=device or "cpu", dtype=dtype)
+        missing = sorted(set(expected) - set(loaded))
+        if missing:
+            raise KeyError(f"{path}: tensor {missing[0]} missing from the checkpoint ({len(missing)} missing in all)")
+        model.load_state_dict(loaded, strict=False, assign=True)
+        if model.tied:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        return model.eval()
+
+    def save_pretrained(self, path):
+        """config.json + model.safetensors in the released-checkpoint layout, each written then renamed."""
+        os.makedirs(path, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
+                 if not (self.tied and k == "lm_head.weight")}
+        tmp = os.path.join(path, "model.safetensors.tmp")
+        save_file(state, tmp, metadata={"format": "pt"})
+        os.replace(tmp, os.path.join(path, "model.safetensors"))
+        tmp = os.path.join(path, "config.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.config, f, indent=2)
+        os.replace(tmp, os.path.join(path, "config.json"))
+
+
+def _canonical(name):
+    """transformers-5 in-memory names -> checkpoint names."""
+    if name.startswith("model.language_model."):
+        return "model." + name[len("model.language_model."):]
+    if name.startswith("model.visual."):
+        return name[len("model."):]
+    return name
+
+
+def _config_dtype(config):
+    name = config.get("torch_dtype") or config.get("dtype") or (config.get("text_config") or {}).get("dtype")
+    return getattr(torch, name) if isinstance(name, str) and isinstance(getattr(torch, name, None), torch.dtype) \
+        else torch.float32
+
+
+def _checkpoint_files(path):
+    """{file: tensor names or None (= all)} from model.safetensors or model.safetensors.index.json."""
+    single = os.path.join(path, "model.safetensors")
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(single):
+        return {single: None}
+    if not os.path.isfile(index):
+        raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json")
+    with open(index) as f:
+        weight_map = json.load(f)["weight_map"]
+    files = {}
+    for name, shard in weight_map.items():
+        file = os.path.join(path, shard)
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"{file}: shard listed in {index} (tensor {name}) does not exist")
+        files.setdefault(file, []).append(name)
+    return files
