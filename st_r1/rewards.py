@@ -311,15 +311,17 @@ REWARDS = {
 
 
 def parse_weights(spec):
-    """"format=0.5,accuracy=1" -> {"format": 0.5, "accuracy": 1.0}; names must be keys of REWARDS."""
+    """"format=0.5,accuracy=1" -> {"format": 0.5, "accuracy": 1.0}. Names: keys of REWARDS, or "temporal"
+    (T-GRPO's bonus, which needs rollouts on shuffled frames: grpo.py computes it)."""
     out = {}
     for part in spec.split(","):
         if not part.strip():
             continue
         name, sep, value = part.partition("=")
         name = name.strip()
-        if not sep or name not in REWARDS:
-            raise ValueError(f"bad reward weight {part!r}: expected name=float with name in {sorted(REWARDS)}")
+        if not sep or name not in (*REWARDS, "temporal"):
+            raise ValueError(f"bad reward weight {part!r}: expected name=float with name in "
+                             f"{sorted(REWARDS) + ['temporal']}")
         try:
             out[name] = float(value)
         except ValueError:

@@ -189,20 +189,21 @@ def judge_rubric(description, reference, url, model="judge", timeout=60.0, api_k
 # ----------------------------------------------------------------------------- the bench
 
 
-def score(rows, predictions, judge_url=None, judge_model="judge", judge_timeout=60.0, judge_key=None):
+def score_rows(rows, predictions, judge_url=None, judge_model="judge", judge_timeout=60.0, judge_key=None):
     """Score predictions (list of reply texts, None = missing = wrong) aligned with bench rows.
 
-    Returns {"mcq": {group: acc stat}, "route": {group: rubric stat}, "judge": {...} (with judge_url),
-    "missing": n, "rows": [per-row results]}; groups are "all", "forward", "reverse", "<task>",
-    "<task>/forward", "<task>/reverse"."""
+    Returns {"overall": acc stat of all multiple-choice rows, "mcq": {group: acc stat}, "route": {group:
+    rubric stat}, "judge": {...} (with judge_url), "missing": n, "rows": [per-row results]}; groups are
+    "overall", "forward", "reverse", "<task>", "<task>/forward", "<task>/reverse"; an acc stat is
+    {"n", "correct", "accuracy", "ci_low", "ci_high"}."""
     if len(rows) != len(predictions):
         raise ValueError(f"{len(rows)} rows but {len(predictions)} predictions")
     per_row, mcq, route, judge = [], {}, {}, {}
     for i, (row, pred) in enumerate(zip(rows, predictions)):
         text = pred or ""
         task, rev = task_of(row), is_reverse(row)
-        groups = ("all", "reverse" if rev else "forward", task, f"{task}/{'reverse' if rev else 'forward'}")
-        rec = {"index": i, "task": task, "reverse": rev, "missing": pred is None}
+        groups = ("overall", "reverse" if rev else "forward", task, f"{task}/{'reverse' if rev else 'forward'}")
+        rec = {"index": i, "line": row.get("_line"), "task": task, "reverse": rev, "missing": pred is None}
         gold = row_gold(row)
         if gold is not None:
             rec.update(gold=gold, letter=answer_letter(text))
@@ -220,7 +221,7 @@ def score(rows, predictions, judge_url=None, judge_model="judge", judge_timeout=
                 for g in groups:
                     judge.setdefault(g, []).append(rec["judge"])
         per_row.append(rec)
-    out = {"mcq": {g: _acc_stat(v) for g, v in mcq.items()},
+    out = {"overall": _acc_stat(mcq.get("overall", [])), "mcq": {g: _acc_stat(v) for g, v in mcq.items()},
            "route": {g: _mean_stat(v) for g, v in route.items()},
            "missing": sum(p is None for p in predictions), "rows": per_row}
     if judge_url:
@@ -241,17 +242,17 @@ def markdown_table(scores):
     if mcq:
         lines += ["| task | forward | reverse | all |", "|---|---|---|---|"]
         tasks = [t for t in TASKS if t in mcq] + sorted(t for t in mcq if "/" not in t and t not in TASKS
-                                                       and t not in ("all", "forward", "reverse"))
+                                                       and t not in ("overall", "forward", "reverse"))
         for t in tasks:
             lines.append(f"| {t} | {_cell(mcq.get(t + '/forward'))} | {_cell(mcq.get(t + '/reverse'))} | {_cell(mcq[t])} |")
-        lines.append(f"| **all** | {_cell(mcq.get('forward'))} | {_cell(mcq.get('reverse'))} | {_cell(mcq['all'])} |")
+        lines.append(f"| **all** | {_cell(mcq.get('forward'))} | {_cell(mcq.get('reverse'))} | {_cell(mcq['overall'])} |")
     for name in ("route", "judge"):
         stats = scores.get(name) or {}
         if not stats:
             continue
         lines += ["", f"| {name} rubric (0-5) | direction | landmark | semantic | score [95% CI] | n |",
                   "|---|---|---|---|---|---|"]
-        for g in ("forward", "reverse", "all"):
+        for g in ("forward", "reverse", "overall"):
             s = stats.get(g)
             if s and s["n"]:
                 lines.append(f"| {g} | {s['direction']:.2f} | {s['landmark']:.2f} | {s['semantic']:.2f} | "
