@@ -1,0 +1,174 @@
+import json
+import os
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from conftest import FIXTURES
+
+from st_r1 import scoring as S
+
+FWD = ["walk straight", "pass the red door", "turn left", "see the walls change from brick to wood", "turn right"]
+REV = ["turn around", "turn left", "see the walls change from wood to brick", "turn right", "pass the red door",
+       "walk straight"]
+
+
+def fixture_rows():
+    with open(os.path.join(FIXTURES, "ego_st_r1_mcq_126.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def reply(answer):
+    return f"<think>t</think> <answer>{answer}</answer>"
+
+
+def test_wilson_hand_computed():
+    # 8/10: p=.8, z^2/n=.38416; centre (.8+.19208)/1.38416=.716738; half 1.96*sqrt(.016+.009604)/1.38416=.226581
+    lo, hi = S.wilson(8, 10)
+    assert lo == pytest.approx(0.490157, abs=1e-5) and hi == pytest.approx(0.943319, abs=1e-5)
+    lo, hi = S.wilson(0, 10)  # centre = half = .19208/1.38416
+    assert lo == pytest.approx(0.0, abs=1e-12) and hi == pytest.approx(0.277533, abs=1e-5)
+    assert S.wilson(10, 10)[1] == pytest.approx(1.0) and S.wilson(10, 10)[0] == pytest.approx(0.722467, abs=1e-5)
+    assert S.wilson(0, 0) == (0.0, 1.0)
+
+
+def test_task_and_direction_of_authors_rows():
+    rows = fixture_rows()
+    kinds = Counter((S.task_of(r), S.is_reverse(r)) for r in rows)
+    # the five kinds of the fixture README, counted by hand from the question wording
+    assert kinds == {("direction", False): 28, ("direction", True): 25, ("landmark", False): 34,
+                     ("landmark", True): 19, ("action", True): 20}
+    ours = {"task": "route", "reverse": True, "problem": "to your destination"}
+    assert S.task_of(ours) == "route" and S.is_reverse(ours) is True
+
+
+def test_score_rows_hand_counted():
+    rows = [{"task": "direction", "reverse": False, "original_answer": "A"},
+            {"task": "direction", "reverse": False, "original_answer": "B"},
+            {"task": "landmark", "reverse": True, "original_answer": "C"},
+            {"task": "landmark", "reverse": True, "original_answer": "D"},
+            {"task": "direction", "reverse": True, "original_answer": "A"}]
+    preds = [reply("A"), reply("A or B"), reply("C"), reply("D. the red door"), None]
+    s = S.score_rows(rows, preds)
+    assert s["overall"]["correct"] == 3 and s["overall"]["n"] == 5
+    assert s["mcq"]["direction/forward"]["correct"] == 1 and s["mcq"]["direction/forward"]["n"] == 2
+    assert s["mcq"]["landmark/reverse"]["accuracy"] == 1.0
+    assert s["mcq"]["reverse"]["correct"] == 2 and s["mcq"]["reverse"]["n"] == 3
+    assert s["mcq"]["forward"]["ci_low"] == pytest.approx(S.wilson(1, 2)[0])
+    assert s["missing"] == 1 and s["rows"][4]["missing"] and s["rows"][1]["letter"] is None
+    table = S.markdown_table(s)
+    assert "| direction | 50.0 [" in table and "(n=2)" in table
+    assert "| **all** | 50.0 [" in table and "| 60.0 [" in table
+    with pytest.raises(ValueError, match="5 rows but 4 predictions"):
+        S.score_rows(rows, preds[:4])
+
+
+def test_fixture_solutions_score_100_percent():
+    rows = fixture_rows()
+    s = S.score_rows(rows, [r["solution"] for r in rows])
+    assert s["overall"]["accuracy"] == 1.0 and s["overall"]["n"] == 126
+    assert s["mcq"]["action/reverse"]["n"] == 20 and "action/forward" not in s["mcq"]
+
+
+def test_rubric_deterministic():
+    row = {"task": "route", "reverse": True, "events": {"forward": FWD, "reverse": REV}, "original_answer": "x"}
+    exact = reply("I " + ", then ".join(REV) + ".")
+    r = S.rubric_score(exact, row)
+    assert r == {"direction": 5.0, "landmark": 5.0, "semantic": 5.0, "score": 5.0}
+    # forward route given to a reverse question: turns around,L,R vs L,R -> 1 edit of 3; marks reversed order
+    # (door, walls b->w) vs (walls w->b, door) -> 2 edits of 2
+    r = S.rubric_score(reply("I " + ", then ".join(FWD)), row)
+    assert r["direction"] == pytest.approx(5 * 2 / 3) and r["landmark"] == 0.0
+    assert S.rubric_score("no tags at all", row)["score"] == 0.0
+    # the authors' free-text references: direction words and content words
+    authors = {"original_answer": "Turn back, go straight, turn right at the red door", "reverse": True}
+    assert S.task_of(authors) == "route"
+    r = S.rubric_score(reply("turn back, go straight, turn right at the red door"), authors)
+    assert r["score"] == pytest.approx(5.0)
+    r = S.rubric_score(reply("turn back, go straight, turn left at the red door"), authors)
+    assert r["direction"] == pytest.approx(5 * (1 - 1 / 2)) and r["landmark"] == 5.0
+
+
+def test_bag_f1():
+    assert S.bag_f1(["a", "b", "b"], ["b", "c"]) == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
+    assert S.bag_f1([], []) == 1.0 and S.bag_f1(["a"], []) == 0.0
+
+
+# ----------------------------------------------------------------------------- LLM judge on a local server
+
+
+class Judge(BaseHTTPRequestHandler):
+    requests = []
+    content = '{"direction": 4, "landmark": 3, "semantic": 5}'
+    delay = 0.0
+    raw = None
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        Judge.requests.append((self.path, body, self.headers.get("Authorization")))
+        time.sleep(Judge.delay)
+        out = Judge.raw if Judge.raw is not None else json.dumps(
+            {"choices": [{"message": {"role": "assistant", "content": "Scores: " + Judge.content}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def judge_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    Judge.requests, Judge.delay, Judge.raw = [], 0.0, None
+    Judge.content = '{"direction": 4, "landmark": 3, "semantic": 5}'
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_judge_rubric(judge_url):
+    out = S.judge_rubric("I turn around, then turn left", "I turn around, then turn right", judge_url,
+                         model="m", timeout=5, api_key="k")
+    assert out == {"direction": 4.0, "landmark": 3.0, "semantic": 5.0, "score": 4.0}
+    path, body, auth = Judge.requests[-1]
+    assert path == "/v1/chat/completions" and body["model"] == "m" and body["temperature"] == 0 and auth == "Bearer k"
+    assert "I turn around, then turn right" in body["messages"][-1]["content"]
+    Judge.content = '{"direction": 9, "landmark": -1, "semantic": 2.5}'  # clamped to 0-5
+    assert S.judge_rubric("a", "b", judge_url + "/v1") == {"direction": 5.0, "landmark": 0.0, "semantic": 2.5,
+                                                            "score": 2.5}
+
+
+def test_judge_errors(judge_url):
+    Judge.content = "I would give it a four."
+    with pytest.raises(S.JudgeError, match="expected a JSON object with direction, landmark, semantic"):
+        S.judge_rubric("a", "b", judge_url)
+    Judge.raw = b"<html>oops</html>"
+    with pytest.raises(S.JudgeError, match=r"127\.0\.0\.1.*reply is not JSON"):
+        S.judge_rubric("a", "b", judge_url)
+    Judge.raw = b'{"error": "no model"}'
+    with pytest.raises(S.JudgeError, match="no choices"):
+        S.judge_rubric("a", "b", judge_url)
+    Judge.raw, Judge.delay = None, 1.0
+    t = time.perf_counter()
+    with pytest.raises(S.JudgeError, match="timed out"):
+        S.judge_rubric("a", "b", judge_url, timeout=0.2)
+    assert time.perf_counter() - t < 0.9
+    with pytest.raises(S.JudgeError, match="judge http://127.0.0.1:9/"):
+        S.judge_rubric("a", "b", "http://127.0.0.1:9", timeout=2)  # nothing listens on the discard port
+
+
+def test_score_rows_with_judge(judge_url):
+    rows = [{"task": "route", "reverse": False, "events": {"forward": FWD, "reverse": REV}, "original_answer": "x"},
+            {"task": "direction", "reverse": False, "original_answer": "A"}]
+    s = S.score_rows(rows, [reply(", then ".join(FWD)), reply("A")], judge_url=judge_url)
+    assert s["judge"]["overall"]["score"] == 4.0 and s["route"]["overall"]["score"] == pytest.approx(5.0)
+    assert len(Judge.requests) == 1   # only the open-ended row is sent
+    assert "| judge rubric" in S.markdown_table(s) and "| route rubric" in S.markdown_table(s)
