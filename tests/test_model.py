@@ -16,22 +16,25 @@ TEXT = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_lay
 TOKENS = dict(image_token_id=IMG, video_token_id=VID, vision_start_token_id=VSTART, vision_end_token_id=VEND)
 
 
-def hf_model(model_type):
+def hf_model(model_type, tied=None):
     import transformers as tf
     torch.manual_seed(0)
     if model_type == "qwen2_vl":
         cfg = tf.Qwen2VLConfig(text_config=TEXT, vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2,
                                                                     mlp_ratio=2), **TOKENS)
         model = tf.Qwen2VLForConditionalGeneration(cfg)
-    else:  # windows of 56 px = 2 merged tokens; block 1 is full attention; tied embeddings
+    else:  # windows of 56 px = 2 merged tokens; block 1 is full attention; tied embeddings unless asked
         cfg = tf.Qwen2_5_VLConfig(text_config=TEXT, vision_config=dict(
             depth=2, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64, window_size=56,
-            fullatt_block_indexes=[1], tokens_per_second=2), tie_word_embeddings=True, **TOKENS)
+            fullatt_block_indexes=[1], tokens_per_second=2), tie_word_embeddings=tied is not False, **TOKENS)
         model = tf.Qwen2_5_VLForConditionalGeneration(cfg)
     with torch.no_grad():  # every weight, bias and norm random so that no term can hide
         for name, p in model.named_parameters():
             is_norm = p.ndim == 1 and ("norm" in name or "ln_q" in name)
             p.copy_(torch.randn_like(p) * (0.2 if p.ndim == 1 else 0.08) + float(is_norm))
+        if not cfg.tie_word_embeddings:  # scales at which greedy decoding does not just repeat one token
+            model.model.language_model.embed_tokens.weight.normal_(0, 1.0)
+            model.lm_head.weight.normal_(0, 0.3)
     return model.eval()
 
 

@@ -1,0 +1,75 @@
+"""Batched greedy / temperature + top-p decoding with the pre-allocated KV cache.
+
+The prompt (and its video) is prefilled once; the cache is then repeated num_samples times, so G samples of a
+GRPO group share one vision-tower and prompt pass.
+"""
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Generation:
+    tokens: torch.Tensor     # (N, C) long, pad_token_id after EOS
+    logprobs: torch.Tensor   # (N, C) float32, log p(token) under the sampling distribution's temperature, 0 at pad
+    mask: torch.Tensor       # (N, C) bool, real completion tokens (EOS included)
+    truncated: torch.Tensor  # (N,) bool, no EOS within max_new_tokens
+
+
+def pick(logits, temperature=0.0, top_p=1.0, generator=None, banned=()):
+    """Next token and its log-prob: greedy (log_softmax of raw logits) or a sample from softmax(logits / T)
+    restricted to the smallest set of tokens with probability >= top_p (nucleus sampling, Holtzman et al. 2020).
+    `banned` tokens are never chosen (the image/video placeholders: a completion holding one could not be re-read).
+    The returned log-prob is that of the full tempered distribution, the one a policy-gradient loss recomputes."""
+    logits = logits.float()
+    if temperature == 0:
+        tok = logits.index_fill(-1, torch.tensor(banned, dtype=torch.long, device=logits.device), -torch.inf)
+        tok = tok.argmax(-1)
+        return tok, logits.log_softmax(-1).gather(-1, tok[:, None])[:, 0]
+    logp = (logits / temperature).log_softmax(-1)
+    probs = logp.exp().index_fill(-1, torch.tensor(banned, dtype=torch.long, device=logits.device), 0.0)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p >= top_p  # mass before this token already reaches top_p
+        probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+    tok = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return tok, logp.gather(-1, tok[:, None])[:, 0]
+
+
+@torch.no_grad()
+def generate(model, input_ids, attention_mask, *, max_new_tokens, eos_token_ids, pad_token_id, num_samples=1,
+             temperature=0.0, top_p=1.0, generator=None, progress=False, **vision_kwargs):
+    """Rows prompt-major: row i*num_samples+g is sample g of prompt i. Left-padded prompts."""
+    B, P = input_ids.shape
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    eos = torch.tensor(sorted(set(eos_token_ids if not isinstance(eos_token_ids, int) else [eos_token_ids])),
+                       device=input_ids.device)
+    banned = [model.image_token_id, model.video_token_id]
+    cache = model.new_cache(B, P + max_new_tokens, device=input_ids.device)
+    logits = model(input_ids, attention_mask=attention_mask, cache=cache, logits_to_keep=1, **vision_kwargs)[:, -1]
+    if num_samples > 1:
+        cache = cache.repeat_interleave(num_samples)
+        logits = logits.repeat_interleave(num_samples, dim=0)
+    N = B * num_samples
+    tokens = torch.full((N, max_new_tokens), pad_token_id, dtype=torch.long, device=input_ids.device)
+    logprobs = torch.zeros(N, max_new_tokens, dtype=torch.float32, device=input_ids.device)
+    mask = torch.zeros(N, max_new_tokens, dtype=torch.bool, device=input_ids.device)
+    done = torch.zeros(N, dtype=torch.bool, device=input_ids.device)
+    steps = range(max_new_tokens)
+    if progress:
+        from tqdm import tqdm
+        steps = tqdm(steps, desc="generate", leave=False)
+    used = 0
+    for t in steps:
+        tok, lp = pick(logits, temperature, top_p, generator, banned)
+        tokens[:, t] = tok.masked_fill(done, pad_token_id)
+        logprobs[:, t] = lp.masked_fill(done, 0.0)
+        mask[:, t] = ~done
+        done = done | torch.isin(tok, eos)
+        used = t + 1
+        if t + 1 == max_new_tokens or bool(done.all()):
+            break
+        # finished rows keep decoding padding (cheaper than compacting the batch); their outputs are discarded
+        logits = model(tokens[:, t:t + 1], cache=cache, logits_to_keep=1)[:, -1]
+    return Generation(tokens[:, :used], logprobs[:, :used], mask[:, :used], ~done)
