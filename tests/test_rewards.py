@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import time
@@ -253,3 +254,25 @@ def test_rewards_table_and_weights():
         R.parse_weights("fromat=1")
     with pytest.raises(ValueError, match="not a number"):
         R.parse_weights("format=x")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("st_r1.world") is None, reason="st_r1.world not written yet")
+def test_every_world_solution_scores_one(tmp_path):
+    """Our world's rows (contract CoT template): each solution is right on every reward that applies."""
+    from st_r1 import world
+    paths = world.make_bench(str(tmp_path), seed=0, n_videos=6, split="test", videos=False, progress=False,
+                             workers=1)
+    with open(paths["test"]) as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == 48
+    for row in rows:
+        sol = row["solution"]
+        assert R.format_reward(sol) == 1.0
+        assert R.reverse_thinking_reward(sol, row, gate_on_correct=True) == 1.0, sol
+        if row["task"] == "route":
+            assert R.route_reward(sol, row) == pytest.approx(1.0)
+        else:
+            assert R.REWARDS["accuracy"](sol, row) == 1.0
+            flipped = sol.replace("left", "LEFT").replace("right", "left").replace("LEFT", "right")
+            if "turn left" in sol or "turn right" in sol:
+                assert R.reverse_thinking_reward(flipped, row) < 1.0

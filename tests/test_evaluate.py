@@ -1,0 +1,155 @@
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+import evaluate
+
+FWD = ["walk straight", "pass the red door", "turn left"]
+REV = ["turn around", "turn right", "pass the red door", "walk straight"]
+
+
+def write_jsonl(path, objs):
+    with open(path, "w", encoding="utf-8") as f:
+        for o in objs:
+            f.write(json.dumps(o, ensure_ascii=False) + "\n")
+
+
+def bench_rows():
+    def mcq(task, reverse, gold):
+        return {"problem": f"Which {task}? Options: A. a, B. b, C. c, D. d", "video": "v0.mp4", "task": task,
+                "reverse": reverse, "solution": f"<think>t</think> <answer>{gold}</answer>", "original_question": "q",
+                "original_answer": gold}
+    route = {"problem": "Describe the route back to the start.", "video": "v0.mp4", "task": "route", "reverse": True,
+             "events": {"forward": FWD, "reverse": REV}, "original_question": "q",
+             "original_answer": "I " + ", then ".join(REV) + ".",
+             "solution": "<think>t</think> <answer>I " + ", then ".join(REV) + ".</answer>"}
+    return [mcq("direction", False, "A"), mcq("direction", True, "B"), mcq("landmark", False, "C"),
+            mcq("action", True, "D"), route]
+
+
+def run(args, cwd):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_end_to_end_scores_and_table(tmp_path):
+    write_jsonl(tmp_path / "bench.jsonl", bench_rows())
+    preds = [{"index": 0, "prediction": "<think>x</think> <answer>A</answer>"},
+             {"index": 1, "prediction": "<think>x</think> <answer>B or C</answer>"},   # several letters: wrong
+             {"index": 3, "prediction": "<think>x</think> <answer>D. 向后转</answer>"},  # right, non-ASCII
+             {"index": 4, "prediction": "<think>x</think> <answer>I " + ", then ".join(REV) + "</answer>"}]
+    write_jsonl(tmp_path / "p.jsonl", preds)   # row 2 has no prediction: wrong
+    res = run(["--bench", "bench.jsonl", "--predictions", "p.jsonl", "--out", "out/s.json"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "| direction | 100.0 [" in res.stdout and "| **all** |" in res.stdout and "route rubric" in res.stdout
+    assert "1 of 5 bench rows have no prediction" in res.stdout
+    s = json.loads((tmp_path / "out" / "s.json").read_text())
+    assert s["overall"]["correct"] == 2 and s["overall"]["n"] == 4
+    assert s["mcq"]["direction"]["correct"] == 1 and s["mcq"]["action/reverse"]["accuracy"] == 1.0
+    assert s["mcq"]["landmark"]["correct"] == 0
+    assert s["route"]["overall"]["score"] == pytest.approx(5.0)
+    assert [r["line"] for r in s["rows"]] == [1, 2, 3, 4, 5]
+
+
+def test_predictions_as_rows_with_a_prediction_key(tmp_path):
+    rows = bench_rows()
+    write_jsonl(tmp_path / "bench.jsonl", rows)
+    write_jsonl(tmp_path / "p.jsonl", [dict(r, prediction=r["solution"]) for r in rows])  # positional
+    res = run(["--bench", "bench.jsonl", "--predictions", "p.jsonl", "--out", "s.json"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["overall"]["accuracy"] == 1.0 and s["missing"] == 0
+
+
+def test_bad_predictions_name_file_and_line(tmp_path):
+    write_jsonl(tmp_path / "bench.jsonl", bench_rows())
+    (tmp_path / "p.jsonl").write_text('{"index": 0, "prediction": "x"}\n{"index": 9, "prediction": "x"}\n')
+    res = run(["--bench", "bench.jsonl", "--predictions", "p.jsonl"], tmp_path)
+    assert res.returncode != 0 and "p.jsonl:2: index 9 is not a bench position" in res.stderr
+    (tmp_path / "p.jsonl").write_text('{"index": 0, "prediction": "x"}\n{"index": 1, "predic')
+    res = run(["--bench", "bench.jsonl", "--predictions", "p.jsonl"], tmp_path)
+    assert res.returncode != 0 and "p.jsonl:2:" in res.stderr
+    res = run(["--bench", "bench.jsonl"], tmp_path)
+    assert res.returncode != 0 and "--predictions" in res.stderr
+
+
+# A stand-in for our model, run inside evaluate.main in a subprocess: it answers row i with the gold letter and
+# "crashes" (exit 3) after FAIL_AFTER predictions, leaving a half-written line as an interrupted writer would.
+DRIVER = r'''
+import json, os, sys
+import evaluate
+from st_r1 import cli
+asked = []
+def load_ours(opt):
+    return None, None, None
+def predict(model, tok, rows, enc, batch_size=8, max_new_tokens=256, on_prediction=None, progress=False):
+    fail_after = int(os.environ.get("FAIL_AFTER", "-1"))
+    for j, row in enumerate(rows):
+        if j == fail_after:
+            with open(sys.argv[-1], "a") as f:
+                f.write('{"index": 99, "predi')
+            os._exit(3)
+        asked.append(row["original_answer"][:1])
+        on_prediction(j, "<think>x</think> <answer>" + row["original_answer"][:1] + "</answer>")
+evaluate.load_ours, evaluate.predict = load_ours, predict
+evaluate.main(cli.parse(evaluate.Options, sys.argv[1:]))
+print("ASKED", "".join(asked))
+'''
+
+
+def test_resume_after_interrupted_predictions(tmp_path):
+    write_jsonl(tmp_path / "bench.jsonl", bench_rows())
+    (tmp_path / "driver.py").write_text(DRIVER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    args = [sys.executable, "driver.py", "--bench", "bench.jsonl", "--model", "fake", "--out", "s.json",
+            "--no-progress", "--predictions", "p.jsonl"]
+    first = subprocess.run(args, cwd=tmp_path, env=dict(env, FAIL_AFTER="3"), capture_output=True, text=True)
+    assert first.returncode == 3, first.stderr
+    lines = (tmp_path / "p.jsonl").read_text().split("\n")
+    assert len(lines) == 4 and lines[-1] == '{"index": 99, "predi'   # 3 made, one half-written
+    second = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    assert "3 predictions already in p.jsonl, 2 to make" in second.stdout
+    assert "ASKED DI" in second.stdout              # only rows 3 (gold D) and 4 (route: first letter "I")
+    assert "dropping the half-written last line" in second.stderr
+    made = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [m["index"] for m in made] == [0, 1, 2, 3, 4]
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["overall"]["accuracy"] == 1.0 and s["missing"] == 0
+    third = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert "5 predictions already in p.jsonl, 0 to make" in third.stdout and "ASKED \n" in third.stdout
+
+
+def test_read_predictions_repairs_only_the_tail(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"index": 1, "prediction": "a"}\n{"prediction": "b"}\n{"index": 0, "prediction": "c"}')
+    # without a final newline the last line may be cut: dropped when resuming, kept when only scoring
+    got = evaluate.read_predictions(str(p), 3)
+    assert got == {0: "c", 1: "b"}    # line 2 has no index: its position (1) is used, and overrides line 1
+    assert evaluate.read_predictions(str(p), 3, repair_tail=True) == {1: "b"}
+    assert p.read_text() == '{"index": 1, "prediction": "a"}\n{"prediction": "b"}\n'
+
+
+MODULES = ("st_r1.model", "st_r1.generate", "st_r1.video", "st_r1.world", "st_r1.tiny")
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in MODULES),
+                    reason="the --model path needs st_r1.model, generate, video, world and tiny (model + videos)")
+def test_model_path_end_to_end(tmp_path):
+    from st_r1 import world
+    world.make_bench(str(tmp_path / "w"), seed=0, n_videos=1, split="test", size=56, frames=16, workers=1,
+                     progress=False)
+    world.write_tiny_model(str(tmp_path / "m"))
+    args = ["--bench", str(tmp_path / "w" / "test.jsonl"), "--model", str(tmp_path / "m"), "--batch-size", "2",
+            "--max-new-tokens", "8", "--out", str(tmp_path / "s.json"), "--no-progress"]
+    res = run(args, tmp_path)
+    assert res.returncode == 0, res.stderr
+    made = [json.loads(line) for line in (tmp_path / "s.predictions.jsonl").read_text().splitlines()]
+    assert sorted(m["index"] for m in made) == list(range(len(made))) and made
+    assert json.loads((tmp_path / "s.json").read_text())["missing"] == 0
