@@ -230,3 +230,22 @@ def test_from_config_and_cache_shapes():
     assert rep.k[0].shape == (6, 2, 11, 16) and rep.max_len == 11
     with pytest.raises(ValueError, match="unknown model_type"):
         VideoLM.from_config({"model_type": "llama"})
+
+
+def test_released_flat_config_layout(pair, tmp_path):
+    """The released 7B config.json keeps decoder keys at the top level, `rope_scaling: {type: mrope}` and
+    `in_chans`; it must build the same model as transformers 5's nested text_config."""
+    _, ours, path = pair
+    cfg = json.load(open(os.path.join(path, "config.json")))
+    text = cfg.pop("text_config")
+    rope = text.pop("rope_parameters")
+    text.pop("model_type")
+    flat = dict(cfg, **text, rope_theta=rope["rope_theta"],
+                rope_scaling={"type": "mrope", "mrope_section": rope["mrope_section"]})
+    flat["vision_config"] = dict(flat["vision_config"], in_chans=flat["vision_config"].pop("in_channels"))
+    again = VideoLM.from_pretrained(_copy(path, str(tmp_path / "flat"), config=flat))
+    ids, pix, grid = video_prompt([(2, 6, 4)])
+    with torch.no_grad():
+        a = ours(torch.tensor([ids]), pixel_values_videos=pix, video_grid_thw=grid)
+        b = again(torch.tensor([ids]), pixel_values_videos=pix, video_grid_thw=grid)
+    assert torch.equal(a, b)
