@@ -1,0 +1,454 @@
+"""Distributed set-up (torchrun or plain python), DDP / FSDP2 wrapping, atomic checkpoints and resume.
+
+Checkpoint layout, run_dir/ckpt-{step:08d}/ (no pickle anywhere: safetensors + JSON only):
+  model/                 the model in Hugging Face layout (save_pretrained), LoRA adapters merged in
+  lora.safetensors       only with LoRA: adapters A, B and the unmerged base weights, for exact resume
+  optimizer.safetensors  optimizer tensors, keyed "<param fqn>/<state name>"
+  optimizer.json         param_groups (params named by fqn) and non-tensor state
+  scheduler.json, extra.json (caller's dict: data position, metrics), meta.json (step, world size)
+  rng-rank{r}.safetensors / .json   torch (CPU, CUDA) and python / numpy RNG of every rank
+The directory is built as run_dir/.tmp-ckpt-*, renamed into place, then run_dir/latest is replaced.
+"""
+import contextlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from st_r1.lora import LoRALinear
+
+
+# ---------------------------------------------------------------- set-up
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    is_main: bool = True
+
+
+_D = Dist()  # the current process's view, set by setup(); module functions read it
+
+
+def setup(backend=None, timeout_s=1800):
+    """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK (absent: one process, no process group)."""
+    global _D
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend or ("nccl" if cuda else "gloo"), timeout=timedelta(seconds=timeout_s),
+                                device_id=device if cuda else None)
+    _D = Dist(rank, world, local, device, rank == 0)
+    return _D
+
+
+def shutdown():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed(backend=None):
+    """`with distributed() as d: main(d)`. On an exception in a multi-process run we print the traceback
+    and os._exit(1) instead of destroying the group: destroy_process_group (NCCL) can itself block while a
+    peer waits in a collective, whereas a dead process makes gloo/NCCL peers error out and torchrun kills
+    the remaining ranks when one exits non-zero. So no rank stays hung."""
+    d = setup(backend)
+    try:
+        yield d
+    except BaseException as e:
+        if d.world_size == 1 or isinstance(e, SystemExit) and not e.code:
+            raise
+        sys.stderr.write(f"[rank {d.rank}] fatal error, aborting:\n{traceback.format_exc()}")
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(1)
+    shutdown()
+
+
+def seed_everything(seed, rank=0):
+    """Seed python, numpy and torch with seed + rank: ranks draw different dropout masks and samples.
+    (Weights still start equal: wrap_model broadcasts rank 0's.)"""
+    s = seed + rank
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def log(*msg):
+    if _D.is_main:
+        print(*msg, flush=True)
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _all_reduce(x, op):
+    if not dist.is_initialized():
+        return x
+    dev = _D.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.as_tensor(x, dtype=torch.float64 if not torch.is_tensor(x) else None).to(dev).clone()
+    dist.all_reduce(t, op=op)
+    return t.item() if not torch.is_tensor(x) else t.to(x.device)
+
+
+def all_reduce_mean(x):
+    """Mean over ranks of a float or tensor (returns the same kind; a no-op with one process)."""
+    return _all_reduce(x, dist.ReduceOp.SUM) / _D.world_size if dist.is_initialized() else x
+
+
+def all_reduce_sum(x):
+    """Sum over ranks, e.g. of answer-token counts to normalise a loss by the global count."""
+    return _all_reduce(x, dist.ReduceOp.SUM)
+
+
+# ---------------------------------------------------------------- wrapping
+
+def _is_block(module, block_types):
+    return any(isinstance(module, t) if isinstance(t, type) else type(module).__name__ == t for t in block_types)
+
+
+@torch.no_grad()
+def _broadcast_from_rank0(model):
+    for t in list(model.parameters()) + list(model.buffers()):
+        buf = t.data.to(_D.device)  # NCCL only talks to GPU tensors: go through the device one tensor at a time
+        dist.broadcast(buf, src=0)
+        if buf is not t.data:
+            t.data.copy_(buf)
+
+
+def wrap_model(model, mode="none", block_types=(), find_unused_parameters=False):
+    """Move to this rank's device and wrap for data parallel training.
+    mode "none": as is. "ddp": torch DDP (bucketed all-reduce overlapping backward, averages gradients;
+    we use it rather than a hand-written all-reduce because it overlaps communication with backward
+    and handles parameter broadcast, and FSDP2 below is the hand-readable path anyway).
+    "fsdp": FSDP2 fully_shard, one unit per module whose class (or class name) is in block_types, then the
+    root; parameters become DTensors sharded on dim 0 across ranks.
+    With one process every mode returns the plain model, so `python train.py --dist fsdp` still runs."""
+    if mode not in ("none", "ddp", "fsdp"):
+        raise ValueError(f"wrap_model: mode must be 'none', 'ddp' or 'fsdp', got {mode!r}")
+    if mode == "none" or _D.world_size == 1:
+        return model.to(_D.device)
+    if mode == "ddp":
+        return DDP(model.to(_D.device), device_ids=[_D.device.index] if _D.device.type == "cuda" else None,
+                   find_unused_parameters=find_unused_parameters)
+    # Each rank keeps its own slice of ITS OWN full tensor, so ranks must start equal: broadcast first.
+    # The model may still be on the CPU: fully_shard moves only this rank's shards to the device.
+    _broadcast_from_rank0(model)
+    blocks = [m for m in model.modules() if _is_block(m, block_types)]
+    if not blocks:
+        raise ValueError(f"wrap_model: no module of types {block_types} in {type(model).__name__}")
+    for m in blocks:
+        fully_shard(m)
+    fully_shard(model)
+    return model
+
+
+def unwrap(model):
+    """The user's module (DDP's .module; FSDP2 shards in place, so the model itself)."""
+    return model.module if isinstance(model, DDP) else model
+
+
+@contextlib.contextmanager
+def no_sync(model, enabled=True):
+    """Skip the gradient all-reduce / reduce-scatter for accumulation micro-steps (all but the last)."""
+    if not enabled or _D.world_size == 1:
+        yield
+    elif isinstance(model, DDP):
+        with model.no_sync():
+            yield
+    elif isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_state_dict(model):
+    """The full (unsharded) model state on CPU, on rank 0; {} on the other ranks.
+    Collective under FSDP2 (every rank must call it): DTensor shards are all-gathered."""
+    if isinstance(model, FSDPModule):
+        return get_model_state_dict(model, options=_FULL)  # cpu_offload: only rank 0 keeps the result
+    if not _D.is_main:
+        return {}
+    return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+
+
+# ---------------------------------------------------------------- LoRA in checkpoints
+
+def _lora_split(model, sd):
+    """Merge adapters into a copy of `sd` (-> plain HF tensors) and return (merged, lora tensors).
+    The lora file keeps A, B and the unmerged base weight: re-splitting the merged weight in bf16
+    would not give the base back exactly."""
+    merged, lora = dict(sd), {}
+    for name, m in unwrap(model).named_modules():
+        if isinstance(m, LoRALinear):
+            a, b, w = (merged.pop(f"{name}.lora_A"), merged.pop(f"{name}.lora_B"), sd[f"{name}.weight"])
+            lora.update({f"{name}.lora_A": a, f"{name}.lora_B": b, f"{name}.weight": w})
+            merged[f"{name}.weight"] = (w.float() + (b.float() @ a.float()) * m.scale).to(w.dtype)
+    return merged, lora
+
+
+def _plain_class(model):
+    return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+
+
+def _save_model(model, sd, path, lora):
+    m = unwrap(model)
+    if not hasattr(m, "save_pretrained"):
+        os.makedirs(path)
+        save_file(_owned(sd), os.path.join(path, "model.safetensors"))
+    elif not lora and not isinstance(m, FSDPModule):
+        m.save_pretrained(path)
+    else:
+        # Sharded or adapted model: build a weightless twin on the meta device, give it the full
+        # (merged) tensors, and let it write itself.
+        twin = _plain_class(m).from_config(m.config, device="meta")
+        twin.load_state_dict(sd, assign=True)
+        twin.save_pretrained(path)
+
+
+def _load_model_sd(model, path):
+    m = unwrap(model)
+    cls = _plain_class(m)
+    if hasattr(cls, "from_pretrained") and os.path.isfile(os.path.join(path, "config.json")):
+        return cls.from_pretrained(path).state_dict()
+    return load_file(os.path.join(path, "model.safetensors"))
+
+
+def _owned(sd):
+    """safetensors refuses tensors that share storage (tied weights): give each its own contiguous copy."""
+    seen, out = set(), {}
+    for k, v in sd.items():
+        v = v.detach().cpu().contiguous()
+        out[k] = v.clone() if v.untyped_storage().data_ptr() in seen else v
+        seen.add(v.untyped_storage().data_ptr())
+    return out
+
+
+# ---------------------------------------------------------------- optimizer state <-> safetensors + JSON
+
+def _optim_to_files(osd, path):
+    tensors, scalars = {}, {}
+    for fqn, st in osd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{fqn}/{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(fqn, {})[k] = v
+    save_file(tensors, os.path.join(path, "optimizer.safetensors"))
+    _write_json(os.path.join(path, "optimizer.json"), {"param_groups": osd["param_groups"], "scalars": scalars})
+
+
+def _optim_from_files(path):
+    tensors = load_file(os.path.join(path, "optimizer.safetensors"))
+    meta = _read_json(os.path.join(path, "optimizer.json"))
+    state = {fqn: dict(v) for fqn, v in meta["scalars"].items()}
+    for key, t in tensors.items():
+        fqn, _, k = key.rpartition("/")
+        state.setdefault(fqn, {})[k] = t
+    groups = meta["param_groups"]
+    for g in groups:  # JSON turned tuples into lists
+        g.update({k: tuple(v) for k, v in g.items() if k != "params" and isinstance(v, list)})
+    return {"state": state, "param_groups": groups}
+
+
+# ---------------------------------------------------------------- RNG
+
+def _save_rng(path, rank):
+    t = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        t["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    save_file(t, os.path.join(path, f"rng-rank{rank}.safetensors"))
+    v, state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    _write_json(os.path.join(path, f"rng-rank{rank}.json"),
+                {"python": [v, list(state), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached]})
+
+
+def _load_rng(path, rank):
+    f = os.path.join(path, f"rng-rank{rank}.safetensors")
+    if not os.path.isfile(f):
+        log(f"{path}: no RNG state for rank {rank} (world size changed?); RNG not restored")
+        return
+    t = load_file(f)
+    torch.set_rng_state(t["torch"])
+    if "cuda" in t and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(t["cuda"]))
+    j = _read_json(os.path.join(path, f"rng-rank{rank}.json"))
+    v, state, gauss = j["python"]
+    random.setstate((v, tuple(state), gauss))
+    name, keys, pos, has_gauss, cached = j["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def _write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: line {e.lineno}: bad JSON: {e.msg}") from None
+
+
+def _crash_point(where, step):
+    """Test hook: ST_R1_CKPT_CRASH=<where>:<step> kills the process at that point of that step's save."""
+    if os.environ.get("ST_R1_CKPT_CRASH") == f"{where}:{step}":
+        os._exit(17)
+
+
+_CKPT = re.compile(r"^ckpt-(\d{8,})$")
+
+
+def list_checkpoints(run_dir):
+    """Complete checkpoints (only renamed-into-place directories carry the name), oldest first."""
+    if not os.path.isdir(run_dir):
+        return []
+    steps = sorted((int(m.group(1)), n) for n in os.listdir(run_dir) if (m := _CKPT.match(n)))
+    return [os.path.join(run_dir, n) for _, n in steps]
+
+
+def latest_checkpoint(run_dir):
+    """The directory named by run_dir/latest, else the newest complete ckpt-*, else None."""
+    try:
+        with open(os.path.join(run_dir, "latest")) as f:
+            path = os.path.join(run_dir, f.read().strip())
+        if _CKPT.match(os.path.basename(path)) and os.path.isdir(path):
+            return path
+    except FileNotFoundError:
+        pass
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def save_checkpoint(run_dir, step, model, optimizer, scheduler=None, extra=None, keep=2):
+    """Write run_dir/ckpt-{step:08d} atomically (all ranks must call: FSDP2 gathers are collective).
+    Only rank 0 writes, except each rank's RNG file. keep: newest checkpoints kept (None: all)."""
+    name = f"ckpt-{step:08d}"
+    final, tmp = os.path.join(run_dir, name), os.path.join(run_dir, f".tmp-{name}")
+    sd = full_state_dict(model)
+    osd = get_optimizer_state_dict(model, optimizer, options=_FULL) if optimizer is not None else None
+    if _D.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        for n in os.listdir(run_dir):  # leftovers of a save that was killed
+            if n.startswith(".tmp-"):
+                shutil.rmtree(os.path.join(run_dir, n), ignore_errors=True)
+        os.makedirs(tmp)
+    barrier()
+    _save_rng(tmp, _D.rank)
+    if _D.is_main:
+        merged, lora = _lora_split(model, sd)
+        _save_model(model, merged, os.path.join(tmp, "model"), lora)
+        if lora:
+            save_file(_owned(lora), os.path.join(tmp, "lora.safetensors"))
+        _crash_point("model", step)
+        if osd is not None:
+            _optim_to_files(osd, tmp)
+        _crash_point("optimizer", step)
+        if scheduler is not None:
+            _write_json(os.path.join(tmp, "scheduler.json"), scheduler.state_dict())
+        _write_json(os.path.join(tmp, "extra.json"), extra or {})
+        _write_json(os.path.join(tmp, "meta.json"), {"step": step, "world_size": _D.world_size})
+    barrier()  # every rank's RNG file is in tmp
+    if _D.is_main:
+        old = None
+        if os.path.isdir(final):  # re-saving a step after a resume: move the old one aside first
+            old = os.path.join(run_dir, f".tmp-old-{name}")
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _crash_point("rename", step)
+        with open(os.path.join(run_dir, "latest.tmp"), "w") as f:
+            f.write(name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(os.path.join(run_dir, "latest.tmp"), os.path.join(run_dir, "latest"))
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+        if keep:
+            for p in list_checkpoints(run_dir)[:-keep]:
+                if p != final:
+                    shutil.rmtree(p, ignore_errors=True)
+    barrier()
+    return final
+
+
+def load_checkpoint(run_dir, model, optimizer=None, scheduler=None, path=None):
+    """Restore the latest complete checkpoint of run_dir (or `path`) into the (wrapped) model, optimizer,
+    scheduler and this rank's RNG. Returns its `extra` dict, or None if there is no checkpoint."""
+    path = path or latest_checkpoint(run_dir)
+    if path is None:
+        return None
+    sd = _load_model_sd(model, os.path.join(path, "model"))
+    lora_file = os.path.join(path, "lora.safetensors")
+    if os.path.isfile(lora_file):
+        sd.update(load_file(lora_file))
+    if isinstance(model, FSDPModule):
+        # every rank holds the full state; each copies its own shard out of it
+        set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True))
+    else:
+        m = unwrap(model)
+        tied = {k for k in m.state_dict() if k not in sd}  # e.g. lm_head tied to the embedding
+        missing, unexpected = m.load_state_dict(sd, strict=False)
+        if set(missing) - tied or unexpected:
+            raise KeyError(f"{path}: checkpoint does not match the model: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")
+    if optimizer is not None:
+        osd = _optim_from_files(path)
+        live = set(optimizer.param_groups[0])  # e.g. no "initial_lr" when no scheduler was made this time
+        osd["param_groups"] = [{k: v for k, v in g.items() if k in live} for g in osd["param_groups"]]
+        set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(full_state_dict=True))
+    if scheduler is not None:
+        scheduler.load_state_dict(_read_json(os.path.join(path, "scheduler.json")))
+    _load_rng(path, _D.rank)
+    barrier()
+    return _read_json(os.path.join(path, "extra.json"))
+
+
+# ---------------------------------------------------------------- schedule
+
+def cosine_schedule(optimizer, warmup_steps, total_steps, min_ratio=0.1):
+    """Linear warm-up to the base lr over warmup_steps, then cosine decay to min_ratio * lr at total_steps.
+    A plain function lambda, so LambdaLR.state_dict() stays JSON-able (lr_lambdas: [None])."""
+    def ratio(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, ratio)
