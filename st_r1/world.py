@@ -1,0 +1,660 @@
+"""The synthetic egocentric world: corridor maps, a walker's route, a numpy raycaster, mp4 videos, and
+Ego-ST-format questions about the route, forward (start -> destination) and reverse (destination -> start).
+
+    python -m st_r1.world --out data/world --seed 0 --n 125          # 125 videos x 8 questions per split
+
+A map is a grid of open cells (corridors) carved along the walker's route, plus a few dead-end side
+openings so that turns are choices. Landmarks are coloured objects painted on the wall beside a corridor
+cell; scenery changes switch the wall material of every cell after a point of the route. The video's
+timeline is laid out so that each turn is centred on one of the 8 uniformly sampled frames (Qwen's
+linspace(0, T-1, 8) sampling) and every landmark is on screen in one of them: the frames the model sees
+contain the route. The same route yields the `events` ground truth and all eight questions.
+"""
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+COLOURS = {"red": (225, 30, 30), "blue": (35, 75, 235), "green": (30, 190, 60), "yellow": (245, 215, 30),
+           "purple": (150, 50, 205), "orange": (250, 135, 20)}
+OBJECTS = ("door", "bench", "box", "sign", "lamp")
+MATERIALS = ("brick", "wood", "stone", "concrete", "tile")  # muted textures, far from the landmark colours
+TASKS = ("route", "direction", "landmark", "action")
+SPLITS = {"train": 0, "test": 1}  # part of every map's seed: the two splits never draw the same map
+STEPS = ((1, 0), (0, 1), (-1, 0), (0, -1))  # heading 0..3 = east, south, west, north; y grows downwards
+GRID, TEX = 15, 32  # map size in cells, texture size in texels
+
+PREFIX = "Please take a egocentric view to understand the following questions. Based on this video, "
+MCQ_INSTR = ("\n\nInstructions: Please select the most appropriate answer from the options above and return only "
+             "the option number (e.g. A, B, C or D).")
+ROUTE_INSTR = ("\n\nInstructions: Please describe the route in order, naming every turn you take and every landmark "
+               "(objects or scenery changes) you pass.")
+# The authors' wording (fixtures), typos included, so that a model trained here meets the same prompts there.
+QUESTIONS = {
+    ("direction", False): "what directions do you need to go through to get to your destination?",
+    ("direction", True): "what directions do you need to go through to get to starting point ?",
+    ("landmark", False): "which landmarks (objects or scenery changes) did you pass by to reach your destination?",
+    ("landmark", True): "which landmarks (objects or scenery changes) did you pass by to return to the starting point?",
+    ("action", False): "which actions did you perform to reach your destination?",
+    ("action", True): "which actions did you perform to return to the starting point?",
+    ("route", False): "how did you get from the starting point to your destination? Describe the route.",
+    ("route", True): "how do you get from your destination back to the starting point? Describe the route.",
+}
+COMPARE = {"direction": "For the directions only walking and turning count",
+           "landmark": "For the landmarks only the objects I pass and the scenery changes count",
+           "action": "For the actions every step counts"}
+
+
+# ----------------------------------------------------------------------------- events
+
+def invert(events):
+    """The contract's reverse route: turn around, then the forward events backwards with left <-> right and
+    every scenery change "from a to b" read "from b to a"."""
+    out = ["turn around"]
+    for e in reversed(events):
+        if e in ("turn left", "turn right"):
+            e = "turn right" if e == "turn left" else "turn left"
+        elif e.startswith("see the walls change from "):
+            a, b = e[len("see the walls change from "):].split(" to ")
+            e = f"see the walls change from {b} to {a}"
+        out.append(e)
+    return out
+
+
+def project(events, task):
+    """The part of the route a question asks about: moves (direction), what was passed (landmark), all."""
+    if task == "direction":
+        return [e for e in events if e == "walk straight" or e.startswith("turn ")]
+    if task == "landmark":
+        return [e for e in events if e.startswith(("pass ", "see "))]
+    return list(events)
+
+
+def option_text(events):
+    s = ", ".join(events)
+    return s[:1].upper() + s[1:]
+
+
+def parse_option(text):
+    """Inverse of option_text (used by tests and readers that want events back)."""
+    return [e.strip() for e in (text[:1].lower() + text[1:]).split(", ")]
+
+
+# ----------------------------------------------------------------------------- maps and routes
+
+class World:
+    """One map and the walk through it. grid[y, x]: True = open floor. mat[y, x]: material of the walls seen
+    from open cell (x, y). lm[y, x, d]: index into `landmarks` of the object painted on the wall on side d of
+    open cell (x, y), else -1. path: cells in walking order; moves: [("walk", n) | ("turn", side), ...]."""
+
+    def __init__(self, map_id):
+        self.map_id = map_id
+        self.grid = np.zeros((GRID, GRID), bool)
+        self.mat = np.zeros((GRID, GRID), np.int64)
+        self.lm = np.full((GRID, GRID, 4), -1, np.int64)
+        self.landmarks, self.path, self.moves, self.change = [], [], [], None
+
+    def headings(self):
+        """Heading index of each step path[i] -> path[i+1]."""
+        return [STEPS.index((b[0] - a[0], b[1] - a[1])) for a, b in zip(self.path, self.path[1:])]
+
+
+def _free(grid, cell, came_from):
+    """A new corridor cell must stay inside the border and touch no open cell except the one it comes from,
+    so corridors never merge by accident (every opening on screen is one we made)."""
+    x, y = cell
+    if not (1 <= x < GRID - 1 and 1 <= y < GRID - 1) or grid[y, x]:
+        return False
+    return all(not grid[y + dy, x + dx] or (x + dx, y + dy) == came_from for dx, dy in STEPS)
+
+
+def _route(rng, n_segments):
+    """Random walk of straight segments; None when it runs into itself (the caller retries)."""
+    w = World("")
+    x = y = GRID // 2
+    h = int(rng.integers(4))
+    w.grid[y, x] = True
+    w.path = [(x, y)]
+    prev_len, prev_turn = 0, None
+    for k in range(n_segments):
+        back = False
+        if k:
+            # turning around is rare and never twice in a row; afterwards the walker retraces part of the
+            # corridor it came along and then leaves it by a new side corridor
+            turn = "around" if prev_turn != "around" and rng.random() < 0.2 else ("left", "right")[rng.integers(2)]
+            h = (h + {"left": -1, "right": 1, "around": 2}[turn]) % 4
+            w.moves.append(("turn", turn))
+            prev_turn, back = turn, turn == "around"
+        n = int(rng.integers(1, prev_len)) if back else int(rng.integers(2, 5))
+        for _ in range(n):
+            nxt = (x + STEPS[h][0], y + STEPS[h][1])
+            if not back and not _free(w.grid, nxt, (x, y)):
+                return None
+            x, y = nxt
+            w.grid[y, x] = True
+            w.path.append((x, y))
+        w.moves.append(("walk", n))
+        prev_len = n
+    return w
+
+
+def _through(w):
+    """Cells the walker always walks straight through (never turns, starts or stops at): landmark hosts."""
+    bad = {w.path[0], w.path[-1]}
+    for i in range(1, len(w.path) - 1):
+        a, b, c = w.path[i - 1], w.path[i], w.path[i + 1]
+        if (b[0] - a[0], b[1] - a[1]) != (c[0] - b[0], c[1] - b[1]):
+            bad.add(b)
+    return [c for c in dict.fromkeys(w.path) if c not in bad]
+
+
+def sample_positions(n_frames, n_samples=8):
+    """The frame indices a reader samples: round(linspace(0, T-1, n)), as Qwen-VL's video loader does."""
+    return np.round(np.linspace(0, n_frames - 1, n_samples)).astype(int)
+
+
+def timeline(moves, n_frames, n_samples=8):
+    """Phase boundaries b_0=0 < ... < b_P=T-1 (in frames). Each phase (walk or turn) owns >= 1 sampled frame and
+    a turn owns exactly one, at its centre, so the sampled frames catch every turn half done."""
+    s = sample_positions(n_frames, n_samples)
+    if len(moves) > n_samples:
+        raise ValueError(f"a route of {len(moves)} moves cannot show each in {n_samples} sampled frames")
+    walks = [k for k, m in enumerate(moves) if m[0] == "walk"]
+    owned = [1] * len(moves)
+    for j in range(n_samples - len(moves)):  # spare samples go to the walks, first ones first
+        owned[walks[j % len(walks)]] += 1
+    bounds, j = [0.0], 0
+    for k in owned[:-1]:
+        j += k
+        bounds.append((s[j - 1] + s[j]) / 2)
+    return bounds + [float(n_frames - 1)]
+
+
+def poses(w, n_frames):
+    """Camera (x, y, theta) for every frame: straight walks at constant speed, turns as smooth rotations
+    (smoothstep) on the spot. theta = heading * pi/2; left turns decrease theta (y points down)."""
+    bounds = timeline(w.moves, n_frames)
+    out, i, th = [], 0, w.headings()[0] * np.pi / 2
+    plan = []  # per phase: (start xy, end xy, start theta, end theta)
+    for kind, arg in w.moves:
+        p = np.array(w.path[i]) + 0.5
+        if kind == "walk":
+            i += arg
+            plan.append((p, np.array(w.path[i]) + 0.5, th, th))
+        else:
+            dth = {"left": -np.pi / 2, "right": np.pi / 2, "around": np.pi}[arg]
+            plan.append((p, p, th, th + dth))
+            th += dth
+    for f in range(n_frames):
+        k = min(np.searchsorted(bounds, f, side="right") - 1, len(plan) - 1)
+        t = (f - bounds[k]) / (bounds[k + 1] - bounds[k])
+        p0, p1, a0, a1 = plan[k]
+        if a0 != a1:
+            t = t * t * (3 - 2 * t)
+        p = p0 + (p1 - p0) * t
+        out.append((p[0], p[1], a0 + (a1 - a0) * t))
+    return np.array(out)
+
+
+def make_world(rng, map_id, n_segments=None, n_landmarks=None, n_frames=64, size=112):
+    """Draw a map, route, landmarks and scenery for one video. Rejects draws where a landmark or the scenery
+    change would not be on screen in the sampled frames."""
+    K = int(n_segments or rng.integers(2, 5))
+    M = int(n_landmarks or rng.integers(1, 4))
+    if not 1 <= K <= 4 or not 1 <= M <= 3:
+        raise ValueError(f"route-len must be 1..4 (got {K}) and landmarks 1..3 (got {M})")
+    for _ in range(500):
+        w = _route(rng, K)
+        if w is None:
+            continue
+        w.map_id = map_id
+        hosts = _through(w)
+        # scenery: cells first visited after step s get the second material; s lies inside a straight run and
+        # no cell before it is walked again after it, so the change is seen once.
+        a, b = rng.choice(len(MATERIALS), 2, replace=False)
+        w.mat[:] = a
+        cuts = [s for s in range(1, len(w.path) - 2)
+                if w.path[s] in hosts and w.path[s + 1] in hosts and not set(w.path[:s + 1]) & set(w.path[s + 1:])]
+        if cuts and rng.random() < 0.6:
+            s = int(rng.choice(cuts))
+            first = {}
+            for i, c in enumerate(w.path):
+                first.setdefault(c, i)
+            for c, i in first.items():
+                w.mat[c[1], c[0]] = b if i > s else a
+            w.change = (s, MATERIALS[a], MATERIALS[b])
+        # landmarks: on wall faces beside host cells that the sampled frames really show
+        cam = poses(w, n_frames)[sample_positions(n_frames)]
+        seen = {}
+        for pose in cam:
+            hit = cast(w, pose, size)
+            for key in zip(hit["ox"], hit["oy"], hit["d"]):
+                seen[key] = seen.get(key, 0) + 1
+        faces = [(x, y, d) for (x, y) in hosts for d in range(4)
+                 if not w.grid[y + STEPS[d][1], x + STEPS[d][0]] and seen.get((x, y, d), 0) >= size // 16]
+        if w.change and not set(_seen_materials(w, cam, size)) >= {a, b}:
+            continue
+        rng.shuffle(faces)
+        used_cells, colours = set(), list(rng.permutation(len(COLOURS)))
+        for x, y, d in faces:
+            if len(w.landmarks) == M:
+                break
+            if (x, y) not in used_cells:
+                used_cells.add((x, y))
+                w.lm[y, x, d] = len(w.landmarks)
+                w.landmarks.append({"cell": (x, y), "side": d, "colour": list(COLOURS)[colours.pop()],
+                                    "object": OBJECTS[rng.integers(len(OBJECTS))]})
+        if len(w.landmarks) < M:
+            continue
+        _extend(w)
+        _side_openings(w, rng, [c for c in hosts if c not in used_cells])
+        return w
+    raise RuntimeError(f"{map_id}: could not draw a route of {K} segments with {M} visible landmarks")
+
+
+def _extend(w):
+    """Open one cell straight ahead of every left/right turn and of the destination, so that turns are taken
+    at intersections (going on was possible) and no sampled frame is a wall at arm's length."""
+    hs = w.headings()
+    ends = [i + 1 for i in range(len(hs) - 1) if (hs[i + 1] - hs[i]) % 4 in (1, 3)] + [len(w.path) - 1]
+    for i in ends:
+        (x, y), h = w.path[i], hs[i - 1]
+        nxt = (x + STEPS[h][0], y + STEPS[h][1])
+        if _free(w.grid, nxt, (x, y)):
+            w.grid[nxt[1], nxt[0]] = True
+            w.mat[nxt[1], nxt[0]] = w.mat[y, x]
+
+
+def _side_openings(w, rng, cells):
+    """Dead-end side corridors (1-2 cells) off straight cells: intersections the walker does not take.
+    Opening cells can only reveal more, so every landmark stays visible."""
+    for _ in range(int(rng.integers(1, 4))):
+        if not cells:
+            return
+        x, y = cells[rng.integers(len(cells))]
+        d = int(rng.integers(4))
+        prev = (x, y)
+        for _ in range(int(rng.integers(1, 3))):
+            nxt = (prev[0] + STEPS[d][0], prev[1] + STEPS[d][1])
+            if not _free(w.grid, nxt, prev):
+                break
+            w.grid[nxt[1], nxt[0]] = True
+            w.mat[nxt[1], nxt[0]] = w.mat[y, x]
+            prev = nxt
+
+
+def route_events(w):
+    """Forward events from the plan: per straight segment "walk straight" then what it passes (a scenery change
+    at the boundary between two cells, a landmark when the walker reaches the cell beside it)."""
+    ev, i = [], 0
+    for kind, arg in w.moves:
+        if kind == "turn":
+            ev.append(f"turn {arg}")
+            continue
+        ev.append("walk straight")
+        for _ in range(arg):
+            a, b = w.path[i], w.path[i + 1]
+            i += 1
+            if w.mat[a[1], a[0]] != w.mat[b[1], b[0]]:
+                ev.append(f"see the walls change from {MATERIALS[w.mat[a[1], a[0]]]} to {MATERIALS[w.mat[b[1], b[0]]]}")
+            for k in w.lm[b[1], b[0]]:
+                if k >= 0:
+                    ev.append("pass the {colour} {object}".format(**w.landmarks[k]))
+    return ev
+
+
+# ----------------------------------------------------------------------------- renderer
+
+def _textures():
+    """Atlas (n, TEX, TEX, 3) float: the materials, then every object x colour painted over every material."""
+    r = np.random.default_rng(1234)
+    v, u = np.mgrid[0:TEX, 0:TEX] / TEX
+    noise = r.normal(0, 1, (TEX, TEX))[..., None]
+    mats = []
+    brick = np.where(((v * 4) % 1 < 0.12)[..., None] | (((u * 2 + 0.5 * (np.floor(v * 4) % 2)) % 1) < 0.06)[..., None],
+                     (195, 185, 170), (150, 70, 50)) + 8 * noise
+    wood = np.where(((u * 5) % 1 < 0.1)[..., None], (85, 55, 30), (145, 100, 58)) + 10 * np.sin(40 * v[..., None] + 3 * noise)
+    stone = np.where((((v * 2) % 1 < 0.06) | (((u * 2 + 0.5 * (np.floor(v * 2) % 2)) % 1) < 0.05))[..., None],
+                     (65, 65, 75), (118, 118, 128)) + 12 * noise
+    concrete = np.full((TEX, TEX, 3), (178, 178, 168.0)) + 7 * noise - 25 * (np.abs(v - 0.5) < 0.03)[..., None]
+    tile = np.where((((v * 4) % 1 < 0.08) | ((u * 4) % 1 < 0.08))[..., None], (110, 140, 170), (215, 225, 235)) + 0 * noise
+    mats = [brick, wood, stone, concrete, tile]
+    shapes = {  # masks of the objects on a wall face (v = 0 top, 1 floor): big and simple, readable at 112 px
+        "door": (abs(u - 0.5) < 0.28) & (v > 0.12),
+        "bench": ((abs(u - 0.5) < 0.42) & (abs(v - 0.66) < 0.06)) | ((abs(u - 0.5) < 0.42) & (abs(v - 0.5) < 0.04))
+                 | (((abs(u - 0.2) < 0.05) | (abs(u - 0.8) < 0.05)) & (v > 0.66)),
+        "box": (abs(u - 0.5) < 0.3) & (v > 0.45),
+        "sign": ((abs(u - 0.5) < 0.4) & (abs(v - 0.3) < 0.17)) | ((abs(u - 0.5) < 0.05) & (v > 0.3)),
+        "lamp": ((u - 0.5) ** 2 + (v - 0.22) ** 2 < 0.04) | ((abs(u - 0.5) < 0.06) & (v > 0.22)),
+    }
+    out = list(mats)
+    for o in OBJECTS:
+        m = shapes[o][..., None]
+        edge = m & ~(np.roll(shapes[o], 2, 0) & np.roll(shapes[o], -2, 0) & np.roll(shapes[o], 2, 1)
+                     & np.roll(shapes[o], -2, 1))[..., None]
+        for c in COLOURS.values():
+            for base in mats:
+                out.append(np.where(edge, (20, 20, 20), np.where(m, c, base)))
+    return np.clip(np.stack(out), 0, 255).astype(np.float32)
+
+
+_ATLAS = None
+
+
+def cast(w, pose, width, fov=np.pi / 2):
+    """Cast one ray per screen column (DDA through the grid). Returns per column: perpendicular distance, the
+    open cell the ray left (ox, oy), the side d of that cell it hit, the texture column u, the face axis."""
+    x, y, th = pose
+    cx = (2 * (np.arange(width) + 0.5) / width - 1) * np.tan(fov / 2)
+    ang = th + np.arctan(cx)
+    dx, dy = np.cos(ang), np.sin(ang)
+    dx = np.where(np.abs(dx) < 1e-9, 1e-9, dx)
+    dy = np.where(np.abs(dy) < 1e-9, 1e-9, dy)
+    mx, my = np.full(width, int(x)), np.full(width, int(y))
+    ox, oy = mx.copy(), my.copy()
+    ddx, ddy = np.abs(1 / dx), np.abs(1 / dy)
+    sx, sy = np.where(dx > 0, 1, -1), np.where(dy > 0, 1, -1)
+    sdx = np.where(dx > 0, mx + 1 - x, x - mx) * ddx
+    sdy = np.where(dy > 0, my + 1 - y, y - my) * ddy
+    axis = np.zeros(width, np.int64)
+    done = np.zeros(width, bool)
+    for _ in range(2 * GRID):
+        go = ~done
+        if not go.any():
+            break
+        gx = go & (sdx < sdy)
+        gy = go & ~(sdx < sdy)
+        ox, oy = np.where(go, mx, ox), np.where(go, my, oy)
+        mx, sdx = mx + gx * sx, sdx + gx * ddx
+        my, sdy = my + gy * sy, sdy + gy * ddy
+        axis = np.where(gx, 0, np.where(gy, 1, axis))
+        done |= go & ~w.grid[my, mx]
+    dist = np.where(axis == 0, sdx - ddx, sdy - ddy)
+    along = np.where(axis == 0, y + dist * dy, x + dist * dx)
+    d = np.where(axis == 0, np.where(sx > 0, 0, 2), np.where(sy > 0, 1, 3))
+    return {"dist": dist * np.cos(ang - th), "ox": ox, "oy": oy, "d": d, "u": along - np.floor(along), "axis": axis}
+
+
+def _seen_materials(w, cams, width):
+    """Wall materials on screen in the given camera poses."""
+    hits = [cast(w, pose, width) for pose in cams]
+    return [int(m) for h in hits for m in np.unique(w.mat[h["oy"], h["ox"]])]
+
+
+def render(w, pose, size=112, fov=np.pi / 2):
+    """One first-person frame (size, size, 3) uint8 and the landmark index seen in each column (-1: none)."""
+    global _ATLAS
+    if _ATLAS is None:
+        _ATLAS = _textures()
+    hit = cast(w, pose, size, fov)
+    mat = w.mat[hit["oy"], hit["ox"]]
+    lm = w.lm[hit["oy"], hit["ox"], hit["d"]]
+    nm, nc = len(MATERIALS), len(COLOURS)
+    tex = mat.copy()
+    for k, L in enumerate(w.landmarks):  # object x colour x material -> atlas index (see _textures)
+        code = len(MATERIALS) + (OBJECTS.index(L["object"]) * nc + list(COLOURS).index(L["colour"])) * nm
+        tex = np.where(lm == k, code + mat, tex)
+    height = size / (np.maximum(hit["dist"], 1e-3) * 2 * np.tan(fov / 2))  # wall of height 1, eye at 1/2
+    rows = np.arange(size)[:, None] + 0.5
+    v = (rows - (size - height) / 2) / height  # (H, W): 0 at the top of the wall, 1 at its foot
+    wall = (v >= 0) & (v < 1)
+    tu = np.minimum((hit["u"] * TEX).astype(int), TEX - 1)
+    tv = np.clip((v * TEX).astype(int), 0, TEX - 1)
+    img = _ATLAS[tex[None, :], tv, tu[None, :]]
+    shade = np.clip(1.25 / (1 + 0.3 * hit["dist"]), 0.25, 1.0) * np.where(hit["axis"] == 1, 0.8, 1.0)
+    img = img * shade[None, :, None]
+    g = np.abs(rows - size / 2) / (size / 2)  # darker towards the horizon: depth cue for floor and ceiling
+    sky = np.where(rows < size / 2, 30 + 50 * g, 25 + 85 * g)[:, :, None] * np.array([1.0, 1.0, 1.05])
+    img = np.where(wall[..., None], img, np.broadcast_to(sky, img.shape))
+    return np.clip(img, 0, 255).astype(np.uint8), np.where(lm >= 0, lm, -1)
+
+
+def write_mp4(path, frames, fps=8):
+    """H.264 mp4 (yuv420p) at a fixed frame rate; written to a temporary name and renamed (atomic)."""
+    import av
+    tmp = path + ".tmp.mp4"
+    with av.open(tmp, "w") as out:
+        st = out.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast", "threads": "1"})
+        st.width, st.height, st.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for f in frames:
+            for pkt in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(pkt)
+        for pkt in st.encode():
+            out.mux(pkt)
+    os.replace(tmp, path)
+
+
+def write_png(path, img):
+    """Minimal PNG writer (8-bit RGB, zlib), so contact sheets need no imaging library."""
+    import struct
+    import zlib
+    h, wd = img.shape[:2]
+    raw = b"".join(b"\x00" + img[r].tobytes() for r in range(h))
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", wd, h, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
+def contact_sheet(frames, n=8, cols=4, gap=2):
+    """The n uniformly sampled frames tiled cols per row: what the model sees."""
+    pick = frames[sample_positions(len(frames), n)]
+    rows = -(-n // cols)
+    H, W = pick.shape[1:3]
+    sheet = np.full((rows * (H + gap) - gap, cols * (W + gap) - gap, 3), 255, np.uint8)
+    for i, f in enumerate(pick):
+        r, c = divmod(i, cols)
+        sheet[r * (H + gap):r * (H + gap) + H, c * (W + gap):c * (W + gap) + W] = f
+    return sheet
+
+
+# ----------------------------------------------------------------------------- questions
+
+def _distractors(truth, other, task, rng):
+    """Three near misses of `truth` (a projected event list): mirrored turn, swapped order, missing or extra
+    landmark, recoloured landmark, flipped scenery change, the other direction's answer (un-reversed)."""
+    cands = {}
+    add = lambda kind, ev: cands.setdefault(kind, []).append(tuple(ev))
+    flip = {"turn left": "turn right", "turn right": "turn left"}
+    turns = [i for i, e in enumerate(truth) if e in flip]
+    for i in turns:
+        add("mirror", truth[:i] + [flip[truth[i]]] + truth[i + 1:])
+    if len(turns) > 1:
+        add("mirror", [flip.get(e, e) for e in truth])
+    for i in range(len(truth) - 1):
+        if truth[i] != truth[i + 1]:
+            add("swap", truth[:i] + [truth[i + 1], truth[i]] + truth[i + 2:])
+    marks = [i for i, e in enumerate(truth) if e.startswith(("pass ", "see "))]
+    for i in marks:
+        add("missing", truth[:i] + truth[i + 1:])
+        if truth[i].startswith("see "):
+            a, b = truth[i][len("see the walls change from "):].split(" to ")
+            add("scenery", truth[:i] + [f"see the walls change from {b} to {a}"] + truth[i + 1:])
+        else:
+            colour, obj = truth[i][len("pass the "):].split(" ", 1)
+            for c in COLOURS:
+                if c != colour:
+                    add("colour", truth[:i] + [f"pass the {c} {obj}"] + truth[i + 1:])
+    if task != "direction":
+        for _ in range(3):
+            pos = int(rng.integers(len(truth) + 1))
+            extra = f"pass the {list(COLOURS)[rng.integers(len(COLOURS))]} {OBJECTS[rng.integers(len(OBJECTS))]}"
+            add("extra", truth[:pos] + [extra] + truth[pos:])
+    else:
+        for i in range(len(truth) + 1):
+            add("extra", truth[:i] + [("turn left", "turn right")[rng.integers(2)], "walk straight"] + truth[i:])
+        if truth[:1] == ["turn around"]:
+            add("missing", truth[1:])
+    if other != truth:
+        add("direction", other)  # answering the other way round: the error reverse thinking prevents
+        add("direction", list(reversed(truth)))
+    kinds = list(cands)
+    rng.shuffle(kinds)
+    out, seen = [], {tuple(truth)}
+    while len(out) < 3 and any(cands.values()):
+        for k in kinds:
+            pool = [c for c in cands[k] if c not in seen and c]
+            if pool and len(out) < 3:
+                c = pool[rng.integers(len(pool))]
+                out.append(list(c))
+                seen.add(c)
+            cands[k] = [c for c in cands[k] if c not in seen and c]
+    if len(out) < 3:
+        raise RuntimeError(f"only {len(out)} distractors for {truth}")
+    return out
+
+
+def _cot(fwd, rev, reverse, tail):
+    """The contract's chain of thought: recall the OTHER direction first, then the asked one."""
+    first = f"from the start to the destination I {', then '.join(fwd)}"
+    second = f"going back to the start I {', then '.join(rev)}"
+    if reverse:
+        return f"Let's start by thinking forward: {first}. And then think in reverse: {second}. {tail}"
+    first = f"from the destination back to the start I {', then '.join(rev)}"
+    second = f"from the start to the destination I {', then '.join(fwd)}"
+    return f"Let's start by thinking reverse: {first}. And then think forward: {second}. {tail}"
+
+
+def answer_letter(seed, split, g):
+    """Letter of MCQ row number g of a split: each block of 4 rows is a random permutation of ABCD, so the
+    letters are balanced exactly in every 4 rows, whatever order videos are made in."""
+    perm = np.random.default_rng([seed, SPLITS[split], 7, g // 4]).permutation(4)
+    return "ABCD"[perm[g % 4]]
+
+
+def make_rows(w, video, seed, split, index):
+    """The eight Ego-ST rows (4 tasks x forward/reverse) of one world."""
+    fwd = route_events(w)
+    rev = invert(fwd)
+    rng = np.random.default_rng([seed, SPLITS[split], 3, index])
+    K = sum(m[0] == "walk" for m in w.moves)
+    around = any(m == ("turn", "around") for m in w.moves)
+    level = "easy" if K <= 2 and len(w.landmarks) == 1 and not around else (
+        "hard" if K >= 4 or len(w.landmarks) >= 3 or around else "medium")
+    meta = {"map_id": w.map_id, "split": split,
+            "difficulty": {"level": level, "segments": K, "landmarks": len(w.landmarks), "turn_around": around,
+                           "scenery_change": w.change is not None}}
+    rows, g = [], index * 6
+    for task in TASKS:
+        for reverse in (False, True):
+            asked = rev if reverse else fwd
+            q = PREFIX + QUESTIONS[task, reverse]
+            row = {"task": task, "reverse": reverse}
+            if task == "route":
+                ans = f"I {', then '.join(asked)}."
+                problem = q + ROUTE_INSTR
+                think = _cot(fwd, rev, reverse, "Describing the route in that order gives the answer. "
+                                                f"Hence, the correct answer is {ans}")
+                solution = f"<think>{think}</think> <answer>{ans}</answer>"
+            else:
+                truth = project(asked, task)
+                opts = _distractors(truth, project(fwd if reverse else rev, task), task, rng)
+                ans = answer_letter(seed, split, g)
+                g += 1
+                slot = "ABCD".index(ans)
+                opts.insert(slot, truth)
+                options = {L: option_text(o) for L, o in zip("ABCD", opts)}
+                problem = q + " Options: " + ", ".join(f"{L}. {t}" for L, t in options.items()) + MCQ_INSTR
+                tail = f"{COMPARE[task]}: {', '.join(truth)}, which is option {ans}. Hence, the correct answer is {ans}."
+                solution = f"<think>{_cot(fwd, rev, reverse, tail)}</think> <answer>{ans}</answer>"
+                row["options"] = options
+            row.update(problem=problem, solution=solution, video=video, original_question=problem,
+                       original_answer=ans, events={"forward": fwd, "reverse": rev}, **meta)
+            rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- benches
+
+def world_for(seed, split, index, route_len=None, landmarks=None, frames=64, size=112):
+    """The world of video `index` of a split: its own random stream, keyed by (seed, split, index)."""
+    rng = np.random.default_rng([seed, SPLITS[split], index])
+    return make_world(rng, f"{split}-s{seed}-{index:05d}", route_len, landmarks, frames, size)
+
+
+def render_video(w, frames=64, size=112):
+    cams = poses(w, frames)
+    return np.stack([render(w, p, size)[0] for p in cams])
+
+
+def _job(args):
+    out_dir, seed, split, index, route_len, landmarks, frames, size, fps, video = args
+    w = world_for(seed, split, index, route_len, landmarks, frames, size)
+    rel = f"videos/{w.map_id}.mp4"
+    if video:
+        write_mp4(os.path.join(out_dir, rel), render_video(w, frames, size), fps)
+    return split, make_rows(w, rel, seed, split, index)
+
+
+def make_bench(out_dir, seed=0, n_videos=125, split="both", n_test=None, route_len=None, landmarks=None,
+               size=112, frames=64, fps=8, workers=None, progress=True, videos=True):
+    """Write out_dir/{train,test}.jsonl and out_dir/videos/*.mp4 (8 questions per video); returns the JSONL
+    paths by split. n_videos per split; the test split gets n_test (default n_videos // 4, at least 1)."""
+    from tqdm import tqdm
+    splits = ["train", "test"] if split == "both" else [split]
+    if any(s not in SPLITS for s in splits):
+        raise ValueError(f"split must be train, test or both, not {split!r}")
+    counts = {"train": n_videos, "test": n_test or max(1, n_videos // 4)} if split == "both" else {split: n_videos}
+    os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
+    jobs = [(out_dir, seed, s, i, route_len, landmarks, frames, size, fps, videos) for s in splits for i in range(counts[s])]
+    rows = {s: [] for s in splits}
+    workers = workers or min(2, os.cpu_count() or 1)
+    bar = tqdm(total=len(jobs), desc="world videos", unit="video", disable=not progress)
+    if workers > 1:
+        import multiprocessing as mp
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for s, r in pool.imap(_job, jobs, chunksize=2):
+                rows[s].extend(r)
+                bar.update()
+    else:
+        for job in jobs:
+            s, r = _job(job)
+            rows[s].extend(r)
+            bar.update()
+    bar.close()
+    paths = {}
+    for s in splits:
+        paths[s] = os.path.join(out_dir, f"{s}.jsonl")
+        with open(paths[s] + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows[s])
+        os.replace(paths[s] + ".tmp", paths[s])
+    return paths
+
+
+def write_tiny_model(out_dir, seed=0, **kw):
+    """See st_r1.tiny.write_tiny_model (re-exported: the scripts import it from here)."""
+    from st_r1.tiny import write_tiny_model as write
+    return write(out_dir, seed=seed, **kw)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Write a synthetic Ego-ST bench: videos/*.mp4, train.jsonl, test.jsonl")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n", type=int, default=125, help="videos per split (8 questions each)")
+    ap.add_argument("--n-test", type=int, default=None, help="videos in the test split (default n/4)")
+    ap.add_argument("--split", default="both", choices=["train", "test", "both"])
+    ap.add_argument("--route-len", type=int, default=None, help="straight segments, 1-4 (default random 2-4)")
+    ap.add_argument("--landmarks", type=int, default=None, help="landmarks, 1-3 (default random 1-3)")
+    ap.add_argument("--size", type=int, default=112)
+    ap.add_argument("--frames", type=int, default=64, help="frames per video")
+    ap.add_argument("--fps", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--contact-sheet", default=None, help="also write a PNG of the first video's 8 sampled frames")
+    a = ap.parse_args(argv)
+    t0 = time.time()
+    paths = make_bench(a.out, a.seed, a.n, a.split, a.n_test, a.route_len, a.landmarks, a.size, a.frames, a.fps,
+                       a.workers)
+    n = sum(1 for p in paths.values() for _ in open(p))
+    print(f"wrote {n} questions to {', '.join(paths.values())} in {time.time() - t0:.1f} s")
+    if a.contact_sheet:
+        s = "train" if "train" in paths else "test"
+        w = world_for(a.seed, s, 0, a.route_len, a.landmarks, a.frames, a.size)
+        write_png(a.contact_sheet, contact_sheet(render_video(w, a.frames, a.size)))
+        print(f"contact sheet of {w.map_id} ({', '.join(route_events(w))}) -> {a.contact_sheet}")
+
+
+if __name__ == "__main__":
+    main()
