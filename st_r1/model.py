@@ -226,6 +226,8 @@ class VideoLM(nn.Module):
             if attention_mask.shape[1] not in (n, past + n):
                 raise ValueError(f"attention_mask has {attention_mask.shape[1]} columns, expected {n} or {past + n}")
             new_mask = attention_mask[:, -n:].bool()
+        if past > 0 and (pixel_values is not None or pixel_values_videos is not None):
+            raise ValueError("images/videos must come with the prompt (empty cache), not in a decoding step")
         x = self.model.embed_tokens(input_ids)
         x = self._splice(x, input_ids, self.image_token_id, pixel_values, image_grid_thw)
         x = self._splice(x, input_ids, self.video_token_id, pixel_values_videos, video_grid_thw)
