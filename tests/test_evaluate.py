@@ -136,20 +136,58 @@ def test_read_predictions_repairs_only_the_tail(tmp_path):
     assert p.read_text() == '{"index": 1, "prediction": "a"}\n{"prediction": "b"}\n'
 
 
-MODULES = ("st_r1.model", "st_r1.generate", "st_r1.video", "st_r1.world", "st_r1.tiny")
+MODULES = ("st_r1.model", "st_r1.generate", "st_r1.video", "st_r1.world")
+
+
+def tiny_model(out, rows):
+    """A random 2-layer Qwen2.5-VL with a byte-level BPE trained on the rows (the world's own tiny model may not
+    exist yet; this one needs only transformers' config class and our VideoLM)."""
+    import torch
+    import transformers as tf
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from st_r1.model import VideoLM
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>",
+               "<|image_pad|>"]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer, tk.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tk.train_from_iterator([r["problem"] + r["solution"] for r in rows],
+                           trainers.BpeTrainer(vocab_size=400, special_tokens=special, show_progress=False))
+    tf.PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>").save_pretrained(out)
+    ids = {t: tk.token_to_id(t) for t in special}
+    text = dict(vocab_size=tk.get_vocab_size(), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, pad_token_id=ids["<|endoftext|>"], bos_token_id=None,
+                eos_token_id=ids["<|im_end|>"],
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+    cfg = tf.Qwen2_5_VLConfig(text_config=text, vision_config=dict(
+        depth=2, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64, window_size=56,
+        fullatt_block_indexes=[1]), image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    torch.manual_seed(0)
+    VideoLM.from_config(cfg.to_dict()).save_pretrained(out)
 
 
 @pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in MODULES),
-                    reason="the --model path needs st_r1.model, generate, video, world and tiny (model + videos)")
+                    reason="the --model path needs st_r1.model, generate, video and world (videos)")
 def test_model_path_end_to_end(tmp_path):
     from st_r1 import world
-    world.make_bench(str(tmp_path / "w"), seed=0, n_videos=1, split="test", size=56, frames=16, workers=1,
-                     progress=False)
-    world.write_tiny_model(str(tmp_path / "m"))
-    args = ["--bench", str(tmp_path / "w" / "test.jsonl"), "--model", str(tmp_path / "m"), "--batch-size", "2",
-            "--max-new-tokens", "8", "--out", str(tmp_path / "s.json"), "--no-progress"]
+    paths = world.make_bench(str(tmp_path / "w"), seed=0, n_videos=1, split="test", size=56, frames=16, workers=1,
+                             progress=False)
+    with open(paths["test"]) as f:
+        rows = [json.loads(line) for line in f]
+    tiny_model(str(tmp_path / "m"), rows)
+    args = ["--bench", paths["test"], "--model", str(tmp_path / "m"), "--batch-size", "3",
+            "--max-new-tokens", "6", "--out", str(tmp_path / "s.json"), "--limit", "5"]
     res = run(args, tmp_path)
     assert res.returncode == 0, res.stderr
+    assert "0 predictions already" in res.stdout and "predict: 100%" in res.stderr   # progress bar
     made = [json.loads(line) for line in (tmp_path / "s.predictions.jsonl").read_text().splitlines()]
-    assert sorted(m["index"] for m in made) == list(range(len(made))) and made
-    assert json.loads((tmp_path / "s.json").read_text())["missing"] == 0
+    assert [m["index"] for m in made] == [0, 1, 2, 3, 4] and all(isinstance(m["prediction"], str) for m in made)
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["missing"] == 0 and s["overall"]["n"] + s["route"].get("overall", {"n": 0})["n"] == 5
+    # greedy decoding is deterministic: after dropping two predictions a resumed run makes the same ones again
+    (tmp_path / "s.predictions.jsonl").write_text("\n".join(json.dumps(m) for m in made[:3]) + "\n")
+    res = run(args, tmp_path)
+    assert res.returncode == 0 and "3 predictions already" in res.stdout, res.stderr
+    again = [json.loads(line) for line in (tmp_path / "s.predictions.jsonl").read_text().splitlines()]
+    assert again == made
