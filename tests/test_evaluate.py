@@ -8,6 +8,7 @@ import pytest
 from conftest import ROOT
 
 import evaluate
+from st_r1 import cli
 
 FWD = ["walk straight", "pass the red door", "turn left"]
 REV = ["turn around", "turn right", "pass the red door", "walk straight"]
@@ -57,26 +58,31 @@ def test_end_to_end_scores_and_table(tmp_path):
     assert [r["line"] for r in s["rows"]] == [1, 2, 3, 4, 5]
 
 
-def test_predictions_as_rows_with_a_prediction_key(tmp_path):
+def main(args):
+    return evaluate.main(cli.parse(evaluate.Options, args))
+
+
+def test_predictions_as_rows_with_a_prediction_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     rows = bench_rows()
     write_jsonl(tmp_path / "bench.jsonl", rows)
     write_jsonl(tmp_path / "p.jsonl", [dict(r, prediction=r["solution"]) for r in rows])  # positional
-    res = run(["--bench", "bench.jsonl", "--predictions", "p.jsonl", "--out", "s.json"], tmp_path)
-    assert res.returncode == 0, res.stderr
-    s = json.loads((tmp_path / "s.json").read_text())
+    s = main(["--bench", "bench.jsonl", "--predictions", "p.jsonl", "--out", "s.json"])
     assert s["overall"]["accuracy"] == 1.0 and s["missing"] == 0
+    assert json.loads((tmp_path / "s.json").read_text())["overall"] == s["overall"]
 
 
-def test_bad_predictions_name_file_and_line(tmp_path):
+def test_bad_predictions_name_file_and_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     write_jsonl(tmp_path / "bench.jsonl", bench_rows())
     (tmp_path / "p.jsonl").write_text('{"index": 0, "prediction": "x"}\n{"index": 9, "prediction": "x"}\n')
-    res = run(["--bench", "bench.jsonl", "--predictions", "p.jsonl"], tmp_path)
-    assert res.returncode != 0 and "p.jsonl:2: index 9 is not a bench position" in res.stderr
+    with pytest.raises(ValueError, match="p.jsonl:2: index 9 is not a bench position"):
+        main(["--bench", "bench.jsonl", "--predictions", "p.jsonl"])
     (tmp_path / "p.jsonl").write_text('{"index": 0, "prediction": "x"}\n{"index": 1, "predic')
-    res = run(["--bench", "bench.jsonl", "--predictions", "p.jsonl"], tmp_path)
-    assert res.returncode != 0 and "p.jsonl:2:" in res.stderr
-    res = run(["--bench", "bench.jsonl"], tmp_path)
-    assert res.returncode != 0 and "--predictions" in res.stderr
+    with pytest.raises(ValueError, match="p.jsonl:2: "):
+        main(["--bench", "bench.jsonl", "--predictions", "p.jsonl"])
+    with pytest.raises(SystemExit, match="--predictions"):
+        main(["--bench", "bench.jsonl"])
 
 
 # A stand-in for our model, run inside evaluate.main in a subprocess: it answers row i with the gold letter and
@@ -122,8 +128,6 @@ def test_resume_after_interrupted_predictions(tmp_path):
     assert [m["index"] for m in made] == [0, 1, 2, 3, 4]
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["overall"]["accuracy"] == 1.0 and s["missing"] == 0
-    third = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert "5 predictions already in p.jsonl, 0 to make" in third.stdout and "ASKED \n" in third.stdout
 
 
 def test_read_predictions_repairs_only_the_tail(tmp_path):
