@@ -137,7 +137,8 @@ def _route(rng, n_segments):
             w.path.append((x, y))
         w.moves.append(("walk", n))
         prev_len = n
-    return w
+    # the corridor must be able to go on past the destination (_extend opens it), or the last frame is a wall
+    return w if _free(w.grid, (x + STEPS[h][0], y + STEPS[h][1]), (x, y)) else None
 
 
 def _through(w):
@@ -233,7 +234,7 @@ def make_world(rng, map_id, n_segments=None, n_landmarks=None, n_frames=64, size
             for key in zip(hit["ox"], hit["oy"], hit["d"]):
                 seen[key] = seen.get(key, 0) + 1
         faces = [(x, y, d) for (x, y) in hosts for d in range(4)
-                 if not w.grid[y + STEPS[d][1], x + STEPS[d][0]] and seen.get((x, y, d), 0) >= size // 16]
+                 if not w.grid[y + STEPS[d][1], x + STEPS[d][0]] and seen.get((x, y, d), 0) >= size // 10]
         if w.change and not set(_seen_materials(w, cam, size)) >= {a, b}:
             continue
         rng.shuffle(faces)
@@ -642,7 +643,8 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=64, help="frames per video")
     ap.add_argument("--fps", type=int, default=8)
     ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--contact-sheet", default=None, help="also write a PNG of the first video's 8 sampled frames")
+    ap.add_argument("--contact-sheet", default=None, help="also write a PNG of one video's 8 sampled frames")
+    ap.add_argument("--contact-index", type=int, default=0, help="which video of the first split the sheet shows")
     a = ap.parse_args(argv)
     t0 = time.time()
     paths = make_bench(a.out, a.seed, a.n, a.split, a.n_test, a.route_len, a.landmarks, a.size, a.frames, a.fps,
@@ -651,7 +653,7 @@ def main(argv=None):
     print(f"wrote {n} questions to {', '.join(paths.values())} in {time.time() - t0:.1f} s")
     if a.contact_sheet:
         s = "train" if "train" in paths else "test"
-        w = world_for(a.seed, s, 0, a.route_len, a.landmarks, a.frames, a.size)
+        w = world_for(a.seed, s, a.contact_index, a.route_len, a.landmarks, a.frames, a.size)
         write_png(a.contact_sheet, contact_sheet(render_video(w, a.frames, a.size)))
         print(f"contact sheet of {w.map_id} ({', '.join(route_events(w))}) -> {a.contact_sheet}")
 
