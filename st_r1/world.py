@@ -532,8 +532,8 @@ def make_rows(w, video, seed, split, index):
     rng = np.random.default_rng([seed, SPLITS[split], 3, index])
     K = sum(m[0] == "walk" for m in w.moves)
     around = any(m == ("turn", "around") for m in w.moves)
-    level = "easy" if K <= 2 and len(w.landmarks) == 1 and not around else (
-        "hard" if K >= 4 or len(w.landmarks) >= 3 or around else "medium")
+    score = (K - 2) + (len(w.landmarks) - 1) + 2 * around  # 0..6
+    level = "easy" if score <= 1 else "medium" if score <= 3 else "hard"
     meta = {"map_id": w.map_id, "split": split,
             "difficulty": {"level": level, "segments": K, "landmarks": len(w.landmarks), "turn_around": around,
                            "scenery_change": w.change is not None}}
