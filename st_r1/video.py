@@ -154,7 +154,9 @@ def _sample(path, num_frames):
     path = os.fspath(path)
     container, stream = _open(path)
     try:
-        stream.thread_type = "AUTO"
+        # slice threads, not frame threads: frame threading must refill its pipeline after every
+        # seek (measured 0.81 s vs 0.56 s for 16 frames of a 2-minute 720p video)
+        stream.thread_type = "SLICE"
         try:
             pts, keys = _index(container, stream)
             if pts is None:
@@ -219,7 +221,11 @@ def resize_bicubic(x, height, width):
     (antialias), and rounds + clips to uint8 after EACH pass. torch's antialiased bicubic uses the
     same kernel; doing the passes one at a time with rounding in between reproduces PIL's clipping
     of overshoot (one joint 2-D pass differs by up to ~20 levels on sharp edges). float64 keeps our
-    sums within PIL's 22-bit fixed point, so the rest differs by at most 1 level at rare .5 ties.
+    sums close to PIL's 22-bit fixed point. Measured against Qwen2VLImageProcessorPil (Pillow 13):
+    smooth/natural frames differ by <= 2 uint8 levels (0.030 after normalisation) on < 2% of
+    values; random noise by 1 level, except where Pillow (>= 12.3) chooses the vertical pass first
+    (seen when one side shrinks and the other grows), where clipped overshoot of noise moves by up
+    to ~16 levels. torch's plain bicubic (antialias=False, a=-0.75) differs by up to 165 levels.
     """
     x = x.to(torch.float64)
     if x.shape[-1] != width:  # horizontal pass first, as PIL's ImagingResampleInner
