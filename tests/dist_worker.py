@@ -6,7 +6,6 @@ Rank 0 writes DIR/losses.json and DIR/final.safetensors (the full state dict at 
 import argparse
 import json
 import os
-import resource
 import sys
 
 import torch
@@ -87,6 +86,13 @@ def batch(step, args, rank, world):
     return ids[:, :-1], ids[:, 1:]
 
 
+def _proc_status_mb(key):
+    """VmRSS / VmHWM of this process in MiB. Run with MALLOC_MMAP_THRESHOLD_=65536 so that freed tensors
+    go back to the OS and RSS follows live memory."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
+
+
 def local_bytes(tensors):
     t = [getattr(x, "_local_tensor", x) for x in tensors]
     return sum(x.numel() * x.element_size() for x in t)
@@ -100,6 +106,12 @@ def train(args, d):
         apply_lora(model, r=4, alpha=8, targets=("q_proj", "v_proj"))
     model = D.wrap_model(model, args.mode, (Block,))
     params = [p for p in model.parameters() if p.requires_grad]
+    rss0 = _proc_status_mb("VmRSS")
+    try:  # reset the peak-RSS mark (Linux >= 4.0), so VmHWM below is the peak of the training steps
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
     opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
     sched = D.cosine_schedule(opt, 2, args.steps)
     D.seed_everything(args.seed, d.rank)
@@ -127,7 +139,7 @@ def train(args, d):
         losses.append(D.all_reduce_mean(total))
         if args.save_every and (step + 1) % args.save_every == 0:
             D.save_checkpoint(args.run_dir, step + 1, model, opt, sched, {"step": step + 1, "losses": losses})
-    mem = dict(rank=d.rank, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    mem = dict(rank=d.rank, rss_after_wrap_mb=rss0, peak_rss_train_mb=_proc_status_mb("VmHWM"),
                params_mb=local_bytes(model.parameters()) / 2**20,
                grads_mb=local_bytes(p.grad for p in params if p.grad is not None) / 2**20,
                optim_mb=local_bytes(t for s in opt.state.values() for t in s.values()
