@@ -8,6 +8,16 @@ Checkpoint layout, run_dir/ckpt-{step:08d}/ (no pickle anywhere: safetensors + J
   scheduler.json, extra.json (caller's dict: data position, metrics), meta.json (step, world size)
   rng-rank{r}.safetensors / .json   torch (CPU, CUDA) and python / numpy RNG of every rank
 The directory is built as run_dir/.tmp-ckpt-*, renamed into place, then run_dir/latest is replaced.
+
+Use (the same code runs under `python x.py` and `torchrun --nproc_per_node=N x.py`):
+    with distributed() as d:
+        seed_everything(seed)                                  # same initial weights everywhere
+        model = wrap_model(model, "fsdp", ("DecoderLayer", "VisionBlock"))
+        opt = AdamW(...); sched = cosine_schedule(opt, warmup, total)
+        seed_everything(seed, d.rank)                          # per-rank dropout / sampling
+        extra = load_checkpoint(run_dir, model, opt, sched)    # None on a fresh run
+        ... with no_sync(model, micro < accum - 1): loss.backward() ...
+        save_checkpoint(run_dir, step, model, opt, sched, {"step": step, "data_pos": i})
 """
 import contextlib
 import json
@@ -123,7 +133,8 @@ def all_reduce_mean(x):
 
 
 def all_reduce_sum(x):
-    """Sum over ranks, e.g. of answer-token counts to normalise a loss by the global count."""
+    """Sum over ranks, e.g. of answer-token counts. DDP and FSDP2 AVERAGE gradients over ranks, so a loss
+    that is a mean over the global batch's tokens is: local_sum / all_reduce_sum(local_count) * world_size."""
     return _all_reduce(x, dist.ReduceOp.SUM)
 
 

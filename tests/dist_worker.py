@@ -178,7 +178,7 @@ def main():
         model, losses, mem = train(args, d)
         sd = D.full_state_dict(model)
         print(json.dumps(mem), flush=True)
-        if d.is_main:
+        if d.is_main and args.out:
             os.makedirs(args.out, exist_ok=True)
             save_file(D._owned(sd), os.path.join(args.out, "final.safetensors"))
             with open(os.path.join(args.out, "losses.json"), "w") as f:
