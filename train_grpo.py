@@ -83,8 +83,8 @@ def sampling_generator(cfg, step, rank):
 def main(cfg):
     d = dist.setup()
     dist.seed_everything(cfg.seed, d.rank)
-    if not cfg.model and os.path.exists(os.path.join("runs/sft", "latest")):
-        cfg.model = dist.latest_checkpoint("runs/sft")
+    if not cfg.model and dist.latest_model("runs/sft"):
+        cfg.model = dist.latest_model("runs/sft")  # the default chain: SFT, then GRPO
     model_dir, train_file, eval_file = data.resolve_defaults(cfg, is_main=d.is_main)
     from transformers import AutoTokenizer
     from st_r1 import chat
@@ -97,7 +97,7 @@ def main(cfg):
     ref = None
     if cfg.beta:  # the frozen reference is the starting checkpoint (paper: KL to pi_ref)
         ref = VideoLM.from_pretrained(model_dir, device=d.device).eval().requires_grad_(False)
-    policy = dist.wrap_model(model, cfg.parallel)
+    policy = dist.wrap_model(model, cfg.parallel, block_types=("DecoderLayer", "VisionBlock"))
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     sched = dist.cosine_schedule(opt, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
@@ -109,6 +109,7 @@ def main(cfg):
                            cfg.micro_batch, cfg.max_grad_norm)
 
     rows = data.load_rows(train_file)
+    rewards.attach_recall_truth(rows)  # reverse-thinking truth for the authors' rows (ours carry `events`)
     enc = data.PromptEncoder(tok, cfg.video_root or os.path.dirname(train_file), cfg.num_frames, cfg.min_pixels,
                              cfg.max_pixels, model.spatial_merge_size)
     state = dist.load_checkpoint(cfg.out, policy, opt, sched) if cfg.resume else None
@@ -177,11 +178,12 @@ def main(cfg):
         bar.set_postfix(reward=f"{rec['reward']:.3f}", acc=f"{rec.get('accuracy', 0):.2f}", kl=f"{rec['kl']:.4f}")
         bar.update(1)
         if step % cfg.save_every == 0 or step == cfg.steps:
-            dist.save_checkpoint(cfg.out, step, policy, opt, sched, dict(step=step, skipped=skipped))
+            dist.save_checkpoint(cfg.out, step, policy, opt, sched, dict(step=step, skipped=skipped),
+                                 tokenizer=tok)
     bar.close()
     if skipped:
         dist.log(f"skipped {len(skipped)} rows with unreadable videos, e.g. {skipped[0]}")
-    dist.log(f"done: final model in {dist.latest_checkpoint(cfg.out)}")
+    dist.log(f"done: final model in {dist.latest_model(cfg.out)}")
     dist.shutdown()
 
 

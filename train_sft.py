@@ -92,7 +92,7 @@ def main(cfg):
         lora.apply_lora(model, r=cfg.lora_r)
     if cfg.grad_checkpoint:
         model.gradient_checkpointing = True
-    policy = dist.wrap_model(model, cfg.parallel)
+    policy = dist.wrap_model(model, cfg.parallel, block_types=("DecoderLayer", "VisionBlock"))
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     sched = dist.cosine_schedule(opt, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
@@ -157,11 +157,12 @@ def main(cfg):
         bar.set_postfix(loss=f"{loss_avg:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
         bar.update(1)
         if step % cfg.save_every == 0 or step == cfg.steps:
-            dist.save_checkpoint(cfg.out, step, policy, opt, sched, dict(step=step, skipped=skipped))
+            dist.save_checkpoint(cfg.out, step, policy, opt, sched, dict(step=step, skipped=skipped),
+                                 tokenizer=tok)
     bar.close()
     if skipped:
         dist.log(f"skipped {len(skipped)} rows with unreadable videos, e.g. {skipped[0]}")
-    dist.log(f"done: final model in {dist.latest_checkpoint(cfg.out)}")
+    dist.log(f"done: final model in {dist.latest_model(cfg.out)}")
     dist.shutdown()
 
 

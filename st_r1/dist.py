@@ -356,6 +356,12 @@ def list_checkpoints(run_dir):
     return [os.path.join(run_dir, n) for _, n in steps]
 
 
+def latest_model(run_dir):
+    """The model folder of the latest checkpoint of a run (what --model of the next stage takes), or None."""
+    ckpt = latest_checkpoint(run_dir)
+    return os.path.join(ckpt, "model") if ckpt else None
+
+
 def latest_checkpoint(run_dir):
     """The directory named by run_dir/latest, else the newest complete ckpt-*, else None."""
     try:
@@ -369,9 +375,10 @@ def latest_checkpoint(run_dir):
     return ckpts[-1] if ckpts else None
 
 
-def save_checkpoint(run_dir, step, model, optimizer, scheduler=None, extra=None, keep=2):
+def save_checkpoint(run_dir, step, model, optimizer, scheduler=None, extra=None, keep=2, tokenizer=None):
     """Write run_dir/ckpt-{step:08d} atomically (all ranks must call: FSDP2 gathers are collective).
-    Only rank 0 writes, except each rank's RNG file. keep: newest checkpoints kept (None: all)."""
+    Only rank 0 writes, except each rank's RNG file. keep: newest checkpoints kept (None: all).
+    With `tokenizer`, model/ is a complete Hugging Face folder that evaluate.py or transformers can load."""
     name = f"ckpt-{step:08d}"
     final, tmp = os.path.join(run_dir, name), os.path.join(run_dir, f".tmp-{name}")
     sd = full_state_dict(model)
@@ -387,6 +394,8 @@ def save_checkpoint(run_dir, step, model, optimizer, scheduler=None, extra=None,
     if _D.is_main:
         merged, lora = _lora_split(model, sd)
         _save_model(model, merged, os.path.join(tmp, "model"), lora)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(os.path.join(tmp, "model"))
         if lora:
             save_file(_owned(lora), os.path.join(tmp, "lora.safetensors"))
         _crash_point("model", step)

@@ -46,7 +46,12 @@ def _run(args, nproc=2):
 def _in_process(argv):
     """One-process training here (no process group); returns (losses, full state dict)."""
     d = D.setup()
-    model, losses, _ = W.train(W.parse([str(a) for a in argv]), d)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the launched workers (OMP_NUM_THREADS=1): bit-exact comparisons need it
+    try:
+        model, losses, _ = W.train(W.parse([str(a) for a in argv]), d)
+    finally:
+        torch.set_num_threads(threads)
     return losses, {k: v.clone() for k, v in D.full_state_dict(model).items()}
 
 
