@@ -74,10 +74,10 @@ def completion_texts(tok, gen, eos_ids):
     return out
 
 
-def sampling_generator(cfg, step, rank):
-    g = torch.Generator()
-    g.manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
-    return g
+def sampling_generators(cfg, step, prompt_ids):
+    """One generator per prompt, seeded by (seed, step, the prompt's place in the global batch): the samples do
+    not depend on how the batch is split over ranks, and a resumed run draws the same ones."""
+    return [torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + i) for i in prompt_ids]
 
 
 def main(cfg):
@@ -124,16 +124,19 @@ def main(cfg):
     bar = tqdm(total=cfg.steps, initial=step, desc="grpo", disable=not d.is_main, dynamic_ncols=True)
     while step < cfg.steps:
         timer, t0 = grpo.Timer(), time.perf_counter()
-        mine = batch_rows(rows, step, cfg.prompts_per_step, cfg.seed)[d.rank::d.world_size]
+        ids = list(range(cfg.prompts_per_step))[d.rank::d.world_size]
+        global_rows = batch_rows(rows, step, cfg.prompts_per_step, cfg.seed)
+        mine = [dict(global_rows[i], _prompt_id=i) for i in ids]
         encoded, bad = data.encode_rows(enc, mine, skip_bad=True, log=lambda m: None)
         skipped += [f"line {ln}: {why}" for ln, why in bad]
         if not encoded:
             raise RuntimeError(f"step {step}: every video of this rank's prompts is unreadable: {bad[:3]}")
         prompt_rows = [r for r, _ in encoded]
+        pids = [r["_prompt_id"] for r in prompt_rows]
         batch = {k: v.to(d.device) for k, v in data.collate_prompts([e for _, e in encoded], tok.pad_token_id).items()}
         policy.eval()
         with timer("rollout"):
-            gen = grpo.rollout(model, batch, gcfg, eos_ids, tok.pad_token_id, sampling_generator(cfg, step, d.rank))
+            gen = grpo.rollout(model, batch, gcfg, eos_ids, tok.pad_token_id, sampling_generators(cfg, step, pids))
         texts = completion_texts(tok, gen, eos_ids)
         sample_rows = [r for r in prompt_rows for _ in range(cfg.group_size)]
         per_fn, total = grpo.score(texts, sample_rows, fns, weights)
@@ -143,7 +146,7 @@ def main(cfg):
             sbatch = {k: v.to(d.device) for k, v in data.collate_prompts(shuf, tok.pad_token_id).items()}
             with timer("rollout"):
                 sgen = grpo.rollout(model, sbatch, gcfg, eos_ids, tok.pad_token_id,
-                                    sampling_generator(cfg, step + 10**6, d.rank))
+                                    sampling_generators(cfg, step + 10**6, pids))
             acc = torch.tensor([fns["accuracy"](t, r) for t, r in zip(texts, sample_rows)])
             sacc = torch.tensor([fns["accuracy"](t, r) for t, r in zip(completion_texts(tok, sgen, eos_ids),
                                                                          sample_rows)])
@@ -155,6 +158,7 @@ def main(cfg):
         stats = grpo.update(policy, ref, opt, prompts, gen, advantages.to(d.device), gcfg, timer, step)
         sched.step()
         step += 1
+        dist.crash_point("step", step)
 
         lengths = gen.mask.sum(1).float()
         n_gen = lengths.sum().item()

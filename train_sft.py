@@ -145,6 +145,7 @@ def main(cfg):
         opt.step()
         sched.step()
         step += 1
+        dist.crash_point("step", step)
         loss_avg = dist.all_reduce_sum(loss_sum)
         dt = time.perf_counter() - t0
         rec = dict(step=step, loss=loss_avg, lr=sched.get_last_lr()[0], grad_norm=float(grad_norm),

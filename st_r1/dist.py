@@ -339,8 +339,9 @@ def _read_json(path):
         raise ValueError(f"{path}: line {e.lineno}: bad JSON: {e.msg}") from None
 
 
-def _crash_point(where, step):
-    """Test hook: ST_R1_CKPT_CRASH=<where>:<step> kills the process at that point of that step's save."""
+def crash_point(where, step):
+    """Test hook: ST_R1_CKPT_CRASH=<where>:<step> kills the process there (a save's phase, or "step": after a
+    training step), the way a pre-empted job dies: no clean-up, no final save."""
     if os.environ.get("ST_R1_CKPT_CRASH") == f"{where}:{step}":
         os._exit(17)
 
@@ -398,10 +399,10 @@ def save_checkpoint(run_dir, step, model, optimizer, scheduler=None, extra=None,
             tokenizer.save_pretrained(os.path.join(tmp, "model"))
         if lora:
             save_file(_owned(lora), os.path.join(tmp, "lora.safetensors"))
-        _crash_point("model", step)
+        crash_point("model", step)
         if osd is not None:
             _optim_to_files(osd, tmp)
-        _crash_point("optimizer", step)
+        crash_point("optimizer", step)
         if scheduler is not None:
             _write_json(os.path.join(tmp, "scheduler.json"), scheduler.state_dict())
         _write_json(os.path.join(tmp, "extra.json"), extra or {})
@@ -413,7 +414,7 @@ def save_checkpoint(run_dir, step, model, optimizer, scheduler=None, extra=None,
             old = os.path.join(run_dir, f".tmp-old-{name}")
             os.replace(final, old)
         os.replace(tmp, final)
-        _crash_point("rename", step)
+        crash_point("rename", step)
         with open(os.path.join(run_dir, "latest.tmp"), "w") as f:
             f.write(name + "\n")
             f.flush()

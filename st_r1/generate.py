@@ -32,7 +32,14 @@ def pick(logits, temperature=0.0, top_p=1.0, generator=None, banned=()):
         sorted_p, order = probs.sort(-1, descending=True)
         drop = sorted_p.cumsum(-1) - sorted_p >= top_p  # mass before this token already reaches top_p
         probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
-    tok = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    if isinstance(generator, (list, tuple)):
+        # one generator per prompt, drawing for that prompt's rows: samples depend on the prompt, not on which
+        # other prompts share the batch (so a run split over ranks samples exactly as one process does)
+        rows = probs.shape[0] // len(generator)
+        tok = torch.cat([torch.multinomial(probs[i * rows:(i + 1) * rows], 1, generator=g)[:, 0]
+                         for i, g in enumerate(generator)])
+    else:
+        tok = torch.multinomial(probs, 1, generator=generator)[:, 0]
     return tok, logp.gather(-1, tok[:, None])[:, 0]
 
 

@@ -8,6 +8,7 @@ For a prompt q, sample G completions o_1..o_G from pi_old and score them: reward
 and the loss is -J. With mu = 1 update per rollout, pi_old = pi_theta in value, rho = 1 and the clip never binds:
 the authors' setting. eps_high > eps_low is DAPO's "clip-higher".
 """
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -90,9 +91,10 @@ def video_offsets(grid):
 def select_rows(batch, rows):
     """Sub-batch of a collated prompt batch (one video per row): ids, masks and the matching video patches."""
     rows = list(rows)
-    off = video_offsets(batch["video_grid_thw"])
-    out = {k: v[rows] for k, v in batch.items() if k not in ("pixel_values_videos",)}
-    out["pixel_values_videos"] = torch.cat([batch["pixel_values_videos"][off[r]:off[r + 1]] for r in rows])
+    out = {k: v[rows] for k, v in batch.items() if k != "pixel_values_videos"}
+    if "pixel_values_videos" in batch:
+        off = video_offsets(batch["video_grid_thw"])
+        out["pixel_values_videos"] = torch.cat([batch["pixel_values_videos"][off[r]:off[r + 1]] for r in rows])
     return out
 
 
@@ -145,6 +147,21 @@ def temporal_bonus(acc_ordered, acc_shuffled, group_size, alpha=0.3):
     a = acc_ordered.view(-1, group_size)
     better = a.mean(1) > acc_shuffled.view(-1, group_size).mean(1)
     return (alpha * a * better.unsqueeze(1).to(a.dtype)).view(-1)
+
+
+class Timer:
+    """Wall time per phase of a step (rollout / logprob / update), for the log."""
+
+    def __init__(self):
+        self.t = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.t[name] = self.t.get(name, 0.0) + time.perf_counter() - start
 
 
 def score(texts, rows, reward_fns, weights):

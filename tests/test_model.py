@@ -81,7 +81,7 @@ def test_text_only(pair):
     a, b = both(ref, ours, ids)
     assert (a - b).abs().max() < 1e-4
     # logits_to_keep
-    assert torch.equal(ours(ids, logits_to_keep=3), b[:, -3:])
+    assert torch.allclose(ours(ids, logits_to_keep=3), b[:, -3:], atol=1e-6)  # fewer rows: other blocking
 
 
 def test_text_only_left_padding(pair):
