@@ -302,7 +302,14 @@ def _accuracy_row(text, row):
     return 0.0 if gold is None else float(answer_letter(text) == gold)
 
 
+def brevity_reward(text, row=None):
+    """1 / (1 + characters / 100): shorter is better. Not part of ST-R1's recipe; a reward with signal on any text,
+    even an untrained model's, so the loop's plumbing can be tested end to end."""
+    return 1.0 / (1.0 + len(text) / 100)
+
+
 REWARDS = {
+    "brevity": brevity_reward,
     "format": lambda text, row: format_reward(text),
     "accuracy": _accuracy_row,
     "reverse_thinking": reverse_thinking_reward,
