@@ -241,7 +241,8 @@ def test_route_reward():
 
 
 def test_rewards_table_and_weights():
-    assert set(R.REWARDS) == {"format", "accuracy", "reverse_thinking", "route"}
+    assert set(R.REWARDS) == {"format", "accuracy", "reverse_thinking", "route", "brevity"}
+    assert R.REWARDS["brevity"]("", None) == 1.0 and R.REWARDS["brevity"]("x" * 100, None) == 0.5
     text = world_reply(FWD, REV)
     for name, fn in R.REWARDS.items():
         v = fn(text, ROW_REV)
