@@ -97,6 +97,7 @@ def main(cfg):
     ref = None
     if cfg.beta:  # the frozen reference is the starting checkpoint (paper: KL to pi_ref)
         ref = VideoLM.from_pretrained(model_dir, device=d.device).eval().requires_grad_(False)
+    fsdp = cfg.parallel == "fsdp" and d.world_size > 1  # sharded: every rank joins every decoding step
     policy = dist.wrap_model(model, cfg.parallel, block_types=("DecoderLayer", "VisionBlock"))
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
@@ -136,7 +137,7 @@ def main(cfg):
         batch = {k: v.to(d.device) for k, v in data.collate_prompts([e for _, e in encoded], tok.pad_token_id).items()}
         policy.eval()
         with timer("rollout"):
-            gen = grpo.rollout(model, batch, gcfg, eos_ids, tok.pad_token_id, sampling_generators(cfg, step, pids))
+            gen = grpo.rollout(model, batch, gcfg, eos_ids, tok.pad_token_id, sampling_generators(cfg, step, pids), fsdp)
         texts = completion_texts(tok, gen, eos_ids)
         sample_rows = [r for r in prompt_rows for _ in range(cfg.group_size)]
         per_fn, total = grpo.score(texts, sample_rows, fns, weights)
@@ -146,7 +147,7 @@ def main(cfg):
             sbatch = {k: v.to(d.device) for k, v in data.collate_prompts(shuf, tok.pad_token_id).items()}
             with timer("rollout"):
                 sgen = grpo.rollout(model, sbatch, gcfg, eos_ids, tok.pad_token_id,
-                                    sampling_generators(cfg, step + 10**6, pids))
+                                    sampling_generators(cfg, step + 10**6, pids), fsdp)
             acc = torch.tensor([fns["accuracy"](t, r) for t, r in zip(texts, sample_rows)])
             sacc = torch.tensor([fns["accuracy"](t, r) for t, r in zip(completion_texts(tok, sgen, eos_ids),
                                                                          sample_rows)])

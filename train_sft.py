@@ -171,6 +171,8 @@ def evaluate_model(model, tok, rows, enc, cfg, d):
     """Greedy answers on the held-out rows, scored by the same code as evaluate.py (rank 0 only)."""
     if not d.is_main:
         return {}
+    if cfg.parallel == "fsdp" and d.world_size > 1:  # sharded weights: rank 0 alone cannot run the model
+        return {"eval_note": "skipped under FSDP; run evaluate.py on the checkpoint"}
     from evaluate import predict
     from st_r1 import scoring
     preds = predict(model, tok, rows, enc, batch_size=cfg.micro_batch, max_new_tokens=cfg.max_new_tokens)

@@ -45,8 +45,9 @@ def pick(logits, temperature=0.0, top_p=1.0, generator=None, banned=()):
 
 @torch.no_grad()
 def generate(model, input_ids, attention_mask, *, max_new_tokens, eos_token_ids, pad_token_id, num_samples=1,
-             temperature=0.0, top_p=1.0, generator=None, progress=False, **vision_kwargs):
-    """Rows prompt-major: row i*num_samples+g is sample g of prompt i. Left-padded prompts."""
+             temperature=0.0, top_p=1.0, generator=None, progress=False, sync_ranks=False, **vision_kwargs):
+    """Rows prompt-major: row i*num_samples+g is sample g of prompt i. Left-padded prompts.
+    sync_ranks: under FSDP every forward is a collective, so all ranks decode until every rank is done."""
     B, P = input_ids.shape
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -75,8 +76,19 @@ def generate(model, input_ids, attention_mask, *, max_new_tokens, eos_token_ids,
         mask[:, t] = ~done
         done = done | torch.isin(tok, eos)
         used = t + 1
-        if t + 1 == max_new_tokens or bool(done.all()):
+        if t + 1 == max_new_tokens or _all_done(done, sync_ranks):
             break
         # finished rows keep decoding padding (cheaper than compacting the batch); their outputs are discarded
         logits = model(tokens[:, t:t + 1], cache=cache, logits_to_keep=1)[:, -1]
     return Generation(tokens[:, :used], logprobs[:, :used], mask[:, :used], ~done)
+
+
+def _all_done(done, sync_ranks):
+    finished = bool(done.all())
+    if sync_ranks:
+        import torch.distributed as dist
+        flag = torch.tensor([0 if finished else 1], device=done.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        finished = flag.item() == 0
+    return finished
+

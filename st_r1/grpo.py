@@ -182,13 +182,13 @@ def _global_sum(x):
 
 
 @torch.no_grad()
-def rollout(model, batch, cfg, eos_token_ids, pad_token_id, generator=None):
+def rollout(model, batch, cfg, eos_token_ids, pad_token_id, generator=None, sync_ranks=False):
     """G completions per prompt: the prompt and its video are prefilled once and the KV cache is shared."""
     from st_r1.generate import generate
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     return generate(model, **inputs, max_new_tokens=cfg.max_new_tokens, eos_token_ids=eos_token_ids,
                     pad_token_id=pad_token_id, num_samples=cfg.group_size, temperature=cfg.temperature,
-                    top_p=cfg.top_p, generator=generator)
+                    top_p=cfg.top_p, generator=generator, sync_ranks=sync_ranks)
 
 
 def update(policy, ref_model, optimizer, prompts, gen, advantages, cfg, timer, step=None):
