@@ -5,7 +5,6 @@
 """
 import json
 import os
-import random
 import time
 from dataclasses import asdict, dataclass
 

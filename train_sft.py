@@ -5,7 +5,6 @@
         --video-root /data/videos --parallel fsdp --lr 1e-5
 """
 import json
-import math
 import os
 import random
 import time
