@@ -175,7 +175,8 @@ def main(cfg):
         if "accuracy" in names:
             mc = [i for i, r in enumerate(sample_rows) if r.get("task", "mcq") != "route"]
             rec["accuracy"] = per_fn[mc, names.index("accuracy")].mean().item() if mc else 0.0
-        rec = {k: dist.all_reduce_mean(v) if isinstance(v, float) and k != "step" else v for k, v in rec.items()}
+        keys = [k for k, v in rec.items() if isinstance(v, float)]  # one collective for the whole record
+        rec.update(zip(keys, dist.all_reduce_mean(torch.tensor([rec[k] for k in keys], dtype=torch.float64)).tolist()))
         if d.is_main:
             with open(os.path.join(cfg.out, "log.jsonl"), "a") as f:
                 f.write(json.dumps(rec) + "\n")
