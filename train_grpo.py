@@ -29,7 +29,7 @@ class Config:
     prompts_per_step: int = 8      # global; each prompt gets group_size completions
     group_size: int = 8            # G
     micro_batch: int = 16          # completion rows per forward/backward
-    max_new_tokens: int = 160
+    max_new_tokens: int = 256     # the longest reference CoT on the synthetic world is ~230 tokens
     temperature: float = 1.0
     top_p: float = 1.0
     lr: float = 2e-5

@@ -44,7 +44,7 @@ class Config:
     parallel: str = "ddp"          # ddp | fsdp (FSDP2, one unit per block) | none
     eval_every: int = 100
     eval_limit: int = 128
-    max_new_tokens: int = 160
+    max_new_tokens: int = 256     # the longest reference CoT on the synthetic world is ~230 tokens
     save_every: int = 100
     seed: int = 0
 

@@ -69,6 +69,17 @@ def test_sft_two_ranks_equal_one_process(tiny, tmp_path):
     assert log(tmp_path / "n1")[-1]["loss"] < log(tmp_path / "n1")[0]["loss"]  # and the loss falls
 
 
+def test_sft_fsdp_two_ranks_equal_one_process(tiny, tmp_path):
+    """FSDP2 (one shard unit per decoder and vision block) trains the real VideoLM like one process, and its
+    gathered checkpoint is a complete Hugging Face folder."""
+    p = run("train_sft.py", common(tiny, tmp_path / "one") + SFT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = run("train_sft.py", common(tiny, tmp_path / "fsdp") + SFT + ["--parallel", "fsdp"], nproc=2)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert_same(tmp_path / "one", tmp_path / "fsdp", "loss", 1e-4)
+    assert "eval_note" not in log(tmp_path / "fsdp")[-1]  # --eval-every 0: no eval was asked for
+
+
 def test_sft_killed_and_resumed_equals_unbroken(tiny, tmp_path):
     args = SFT[:1] + [4] + SFT[2:] + ["--save-every", 2]
     assert run("train_sft.py", common(tiny, tmp_path / "a") + args).returncode == 0
