@@ -198,11 +198,11 @@ def main():
     from safetensors import safe_open
     with safe_open(f"{model_dir}/model.safetensors", "pt") as f:
         n_params = sum(_prod(f.get_slice(k).get_shape()) for k in f.keys())
-    print(f"\nmodel: tiny Qwen2.5-VL, {n_params / 1e6:.1f}M params, hidden {a.hidden}, {a.layers} layers; TEXT prompts "
-          f"only (TRL {trl.__version__} has no video input), {a.prompts} prompts x G={a.group}, "
-          f"prompts padded to {res['ours']['prompt_len']} tokens per step, {a.new} new tokens (all rows full length), beta 0.04, "
-          f"num_iterations 1, one optimiser step per generation; torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, {a.threads} threads; {a.steps} timed steps after 1 warm-up step, "
+    print(f"\nmodel: tiny Qwen2.5-VL, {n_params / 1e6:.1f}M params, hidden {a.hidden}, {a.layers} layers; "
+          f"TEXT prompts only (TRL {trl.__version__} has no video input), {a.prompts} prompts x G={a.group}, "
+          f"prompts padded to {res['ours']['prompt_len']} tokens per step, {a.new} new tokens (all rows full "
+          f"length), beta 0.04, num_iterations 1, one optimiser step per generation; torch {torch.__version__}, "
+          f"transformers {transformers.__version__}, {a.threads} threads; {a.steps} timed steps after 1 warm-up step, "
           f"each method in a fresh process, best of {a.rounds} alternating rounds\n")
     print("| method | median step (s) | best step (s) | speed-up (median) | of which generation (s) | "
           "rest of the step (s) | peak RSS (MB) | RSS growth (MB) |")

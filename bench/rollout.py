@@ -43,8 +43,8 @@ def main():
     res = {}
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
     for name in ("st-r1 generate", f"transformers generate (num_return_sequences={a.group})"):
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--run", name[:5], "--tmp", tmp] + sys.argv[1:],
-                             capture_output=True, text=True, env=env)
+        cmd = [sys.executable, os.path.abspath(__file__), "--run", name[:5], "--tmp", tmp] + sys.argv[1:]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
         if out.returncode or not lines:
             raise RuntimeError(f"{name} failed:\n{out.stderr[-5000:]}")
