@@ -28,7 +28,7 @@ class Config:
     steps: int = 60
     prompts_per_step: int = 8      # global; each prompt gets group_size completions
     group_size: int = 8            # G
-    micro_batch: int = 16          # completion rows per forward/backward
+    micro_batch: int = 16          # completion rows per forward/backward (whole groups: rounded down to G x k, >= G)
     max_new_tokens: int = 256     # the longest reference CoT on the synthetic world is ~230 tokens
     temperature: float = 1.0
     top_p: float = 1.0
@@ -154,8 +154,7 @@ def main(cfg):
             total = total + use_temporal * bonus
             per_fn, names = torch.cat([per_fn, bonus[:, None]], 1), names + ["temporal"]
         advantages, frac_zero_std = grpo.group_advantages(total, cfg.group_size, cfg.adv_scale)
-        prompts = grpo.repeat_rows(batch, cfg.group_size)
-        stats = grpo.update(policy, ref, opt, prompts, gen, advantages.to(d.device), gcfg, timer, step)
+        stats = grpo.update(policy, ref, opt, batch, gen, advantages.to(d.device), gcfg, timer, step)
         sched.step()
         step += 1
         dist.crash_point("step", step)

@@ -66,7 +66,7 @@ def run_ours(a, prompts):
         texts = completion_texts(tok, gen, no_eos)
         _, total = grpo.score(texts, [{}] * len(texts), fns, weights)
         adv, _ = grpo.group_advantages(total, a.group)
-        grpo.update(model, ref, opt, grpo.repeat_rows(batch, a.group), gen, adv, cfg, grpo.Timer(), step)
+        grpo.update(model, ref, opt, batch, gen, adv, cfg, grpo.Timer(), step)
         times.append(time.perf_counter() - t0)
         assert gen.mask.all() and gen.tokens.shape[1] == a.new, "a completion stopped early"
     return dict(times=times, gen_times=gen_times, base_mb=base, peak_mb=rss_mb(),

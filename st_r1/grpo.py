@@ -103,14 +103,30 @@ def repeat_rows(batch, n):
     return select_rows(batch, [i for i in range(batch["input_ids"].shape[0]) for _ in range(n)])
 
 
-def completion_logprobs(model, prompts, tokens, mask, temperature=1.0, with_entropy=False):
-    """log pi(o_t | q, o_<t) of the completion tokens (N, C), for prompts (N rows, collated) and completions.
-    Only the C logits that predict completion tokens are computed (logits_to_keep), never the prompt's."""
-    C = tokens.shape[1]
-    ids = torch.cat([prompts["input_ids"], tokens], dim=1)
-    attn = torch.cat([prompts["attention_mask"], mask.to(prompts["attention_mask"].dtype)], dim=1)
-    vision = {k: v for k, v in prompts.items() if k not in ("input_ids", "attention_mask", "labels")}
-    logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=C + 1, **vision)[:, :-1].float()
+def completion_logprobs(model, prompts, tokens, mask, temperature=1.0, with_entropy=False, group_size=1):
+    """log pi(o_t | q, o_<t) of the completion tokens (N, C). prompts: N / group_size collated rows; completion
+    row i*group_size+g belongs to prompt i (generate()'s order).
+
+    Each prompt (and its video) goes through the model once, into a KV cache that is then repeated for its G
+    completions; the completions attend to it like to their own prefix, and the repeat's backward adds up the G
+    gradients. Same numbers as running every (prompt, completion) pair in full, for 1/G of the prompt's cost."""
+    N, C = tokens.shape
+    inputs = {k: v for k, v in prompts.items() if k != "labels"}
+    B, L = inputs["input_ids"].shape
+    if B * group_size != N:
+        raise ValueError(f"{N} completions for {B} prompts x group_size {group_size}")
+    # DDP allows one forward per backward: the prompt pass calls the wrapped module itself (its parameters' gradient
+    # hooks still fire in the backward). FSDP2 and plain modules have no .module: they are called directly.
+    core = getattr(model, "module", model)
+    cache = core.new_cache(B, L + C, device=tokens.device)
+    first = core(**inputs, cache=cache, logits_to_keep=1)  # (B, 1, V): predicts each completion's first token
+    # always a copy (also for G = 1): the completions write their keys into it, the prompt pass saved its own
+    cache, first = cache.repeat_interleave(group_size), first.repeat_interleave(group_size, dim=0)
+    logits = first
+    if C > 1:  # tokens 0..C-2 predict 1..C-1; their keys mask covers the prompt and the completion so far
+        attn = torch.cat([inputs["attention_mask"].repeat_interleave(group_size, dim=0).bool(), mask[:, :-1]], dim=1)
+        logits = torch.cat([first, model(input_ids=tokens[:, :-1], attention_mask=attn, cache=cache)], dim=1)
+    logits = logits.float()
     if temperature and temperature != 1.0:
         logits = logits / temperature  # the sampler's distribution, so ratios compare like with like
     logz = torch.logsumexp(logits, dim=-1)
@@ -137,7 +153,7 @@ class GRPOConfig:
     adv_scale: str = "group"       # group | batch | none
     loss_agg: str = "seq_mean"     # seq_mean | token_mean | constant
     mask_truncated: bool = False   # drop completions cut by max_new_tokens from the loss (DAPO overlong filter)
-    micro_batch: int = 8           # rows per forward/backward in the update
+    micro_batch: int = 8           # completion rows per forward/backward in the update (whole groups, >= one)
     max_grad_norm: float = 1.0
 
 
@@ -192,19 +208,23 @@ def rollout(model, batch, cfg, eos_token_ids, pad_token_id, generator=None, sync
 
 
 def update(policy, ref_model, optimizer, prompts, gen, advantages, cfg, timer, step=None):
-    """mu optimiser steps on one rollout batch. prompts: the collated prompts repeated G times (rows match gen).
+    """mu optimiser steps on one rollout batch. prompts: the collated prompts, once each (gen has G rows per prompt).
     The loss normalisers are summed over ranks and micro-batches so every split gives the full-batch gradient."""
     import torch.distributed as dist
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     mask = gen.mask & ~gen.truncated.unsqueeze(1) if cfg.mask_truncated else gen.mask
     n_rows = mask.shape[0]
     num_seqs, num_tokens = _global_sum(n_rows), _global_sum(mask.sum().item())
-    chunks = [list(range(i, min(i + cfg.micro_batch, n_rows))) for i in range(0, n_rows, cfg.micro_batch)]
+    G = cfg.group_size
+    per = max(1, cfg.micro_batch // G)  # prompts per micro-batch: whole groups share one prompt pass
+    n_prompts = prompts["input_ids"].shape[0]
+    groups = [list(range(i, min(i + per, n_prompts))) for i in range(0, n_prompts, per)]
+    chunks = [list(range(g[0] * G, (g[-1] + 1) * G)) for g in groups]  # their completion rows
     ref_logp = None
     with timer("logprob"), torch.no_grad():
         if cfg.beta and ref_model is not None:
-            ref_logp = torch.cat([completion_logprobs(ref_model, select_rows(prompts, c), gen.tokens[c], mask[c],
-                                                      cfg.temperature)[0] for c in chunks])
+            ref_logp = torch.cat([completion_logprobs(ref_model, select_rows(prompts, g), gen.tokens[c], mask[c],
+                                                      cfg.temperature, group_size=G)[0] for g, c in zip(groups, chunks)])
     # mu = 1: pi_old is the current policy, ratio = exp(logp - logp.detach()) = 1 (the authors' setting).
     # mu > 1: pi_old is the policy that sampled, whose log-probs the sampler already returned.
     old_logp = gen.logprobs if cfg.num_iterations > 1 else None
@@ -213,12 +233,12 @@ def update(policy, ref_model, optimizer, prompts, gen, advantages, cfg, timer, s
     for it in range(cfg.num_iterations):
         optimizer.zero_grad(set_to_none=True)
         with timer("update"):
-            for k, c in enumerate(chunks):
+            for k, (g, c) in enumerate(zip(groups, chunks)):
                 sync = k == len(chunks) - 1 or not hasattr(policy, "no_sync")
                 ctx = torch.enable_grad() if sync else policy.no_sync()
                 with ctx:
-                    logp, ent = completion_logprobs(policy, select_rows(prompts, c), gen.tokens[c], mask[c],
-                                                    cfg.temperature, with_entropy=(it == 0))
+                    logp, ent = completion_logprobs(policy, select_rows(prompts, g), gen.tokens[c], mask[c],
+                                                    cfg.temperature, with_entropy=(it == 0), group_size=G)
                     old = old_logp[c] if old_logp is not None else logp.detach()
                     loss, st = grpo_loss(logp, old, None if ref_logp is None else ref_logp[c], advantages[c],
                                          mask[c], cfg.eps_low, cfg.eps_high, cfg.beta, cfg.loss_agg,

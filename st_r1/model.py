@@ -11,6 +11,7 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -40,16 +41,17 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(dim, n_kv_heads * self.head_dim, bias=True)
         self.o_proj = nn.Linear(n_heads * self.head_dim, dim, bias=False)
 
-    def forward(self, x, cos, sin, mask, kv=None, start=0):
+    def forward(self, x, cos, sin, mask, cache=None, layer=0, start=0):
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if kv is not None:  # write into the pre-allocated cache, attend over everything so far
-            kv[0][:, :, start:start + L] = k
-            kv[1][:, :, start:start + L] = v
-            k, v = kv[0][:, :, :start + L], kv[1][:, :, :start + L]
+        if cache is not None:  # write into the pre-allocated cache, attend over everything so far
+            ck, cv = cache.k[layer], cache.v[layer]
+            ck[:, :, start:start + L] = k
+            cv[:, :, start:start + L] = v
+            k, v = ck[:, :, :start + L], cv[:, :, :start + L]
         if mask is None:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
@@ -77,8 +79,10 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(dim, tc.get("rms_norm_eps", 1e-6))
         self.mlp = MLP(dim, tc["intermediate_size"])
 
-    def forward(self, x, cos, sin, mask, kv=None, start=0):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv, start)
+    def forward(self, x, cos, sin, mask, cache=None, layer=0, start=0):
+        # the cache goes in as an object, not as tensors: FSDP2 wraps a unit's tensor arguments in views, and
+        # the GRPO update writes (with autograd on) into the cache in place
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, start)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -102,8 +106,10 @@ class KVCache:
         return self.mask.shape[1]
 
     def repeat_interleave(self, n):
-        """Row i -> rows i*n .. i*n+n-1 (share one prefilled prompt between n samples)."""
-        rep = lambda t: t.repeat_interleave(n, dim=0)
+        """Row i -> rows i*n .. i*n+n-1 (share one prefilled prompt between n samples). New tensors, never views:
+        later steps write into them in place, which autograd forbids on views (the GRPO update runs with grad)."""
+        rows = torch.arange(self.mask.shape[0], device=self.mask.device).repeat_interleave(n)
+        rep = lambda t: t.index_select(0, rows)
         return KVCache([rep(t) for t in self.k], [rep(t) for t in self.v], rep(self.mask), rep(self.next_pos),
                        self.length)
 
@@ -127,6 +133,7 @@ class VideoLM(nn.Module):
         self.rope_theta, self.mrope_section = tc["rope_theta"], list(tc["mrope_section"])
         self.head_dim = tc["hidden_size"] // tc["num_attention_heads"]
         self.tied = tc["tie_word_embeddings"]
+        self.gradient_checkpointing = False  # train_sft.py --grad-checkpoint; decoder layers only, not with a cache
         self.visual = VisionTower(vc, tc["hidden_size"], qwen25=self.model_type == "qwen2_5_vl")
         self.model = TextModel(tc)
         self.lm_head = nn.Linear(tc["hidden_size"], tc["vocab_size"], bias=False)
@@ -251,9 +258,12 @@ class VideoLM(nn.Module):
             k_at = torch.arange(past + n, device=x.device)[None, :]
             # causal & real keys; a padding query sees itself so its row stays finite (its output is unused)
             mask = ((k_at <= q_at) & keys[:, None, None, :]) | (k_at == q_at)
+        remat = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.model.layers):
-            kv = (cache.k[i], cache.v[i]) if cache is not None else None
-            x = layer(x, cos, sin, mask, kv, past)
+            if remat:  # keep only each layer's input; recompute its activations in the backward (SFT memory)
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, None, i, past, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache, i, past)
         if cache is not None:
             cache.length = past + n
         x = self.model.norm(x)

@@ -32,7 +32,7 @@ def test_reward_rises_on_toy_task():
         gen = grpo.rollout(model, prompts, cfg, eos_token_ids=[27], pad_token_id=0, generator=gens)
         reward = (gen.tokens[:, 0] == B_TOKEN).float()
         adv, _ = grpo.group_advantages(reward, cfg.group_size)
-        grpo.update(model, None, opt, grpo.repeat_rows(prompts, cfg.group_size), gen, adv, cfg, grpo.Timer(), step)
+        grpo.update(model, None, opt, prompts, gen, adv, cfg, grpo.Timer(), step)
         curve.append(reward.mean().item())
     first, last = sum(curve[:5]) / 5, sum(curve[-5:]) / 5
     assert first < 0.2 and last > 0.6, " ".join(f"{c:.2f}" for c in curve)
@@ -47,3 +47,44 @@ def test_sampler_logprobs_are_the_policy_logprobs():
     with torch.no_grad():
         logp, _ = grpo.completion_logprobs(model, grpo.repeat_rows(prompts, 3), gen.tokens, gen.mask, 0.7)
     assert torch.allclose(logp, gen.logprobs * gen.mask, atol=1e-5)
+
+
+def full_logprobs(model, prompts, tokens, mask):
+    """Reference: every (prompt, completion) pair run as one sequence, no cache."""
+    C = tokens.shape[1]
+    ids = torch.cat([prompts["input_ids"], tokens], 1)
+    attn = torch.cat([prompts["attention_mask"], mask.long()], 1)
+    vision = {k: v for k, v in prompts.items() if k not in ("input_ids", "attention_mask")}
+    logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=C + 1, **vision)[:, :-1].float()
+    return (logits.log_softmax(-1).gather(-1, tokens[..., None])[..., 0]) * mask
+
+
+def test_shared_prompt_pass_equals_full_sequences_values_and_gradients():
+    """completion_logprobs runs each prompt (with its video) once for its G completions: log-probs and the gradient
+    of every parameter, vision tower included, equal those of G full (prompt + completion) sequences."""
+    model = toy_model()
+    v = 31
+    ids = torch.tensor([[0, 0, 1, 29, v, v, v, v, 28, 2], [1, 29, v, v, v, v, 28, 3, 4, 5]])
+    prompts = dict(input_ids=ids, attention_mask=(torch.arange(10) >= torch.tensor([[2], [0]])).long(),
+                   pixel_values_videos=torch.randn(32, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(0)),
+                   video_grid_thw=torch.tensor([[1, 4, 4], [1, 4, 4]]))
+    G, C = 3, 5
+    tokens = torch.randint(2, 27, (2 * G, C), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2 * G, C, dtype=torch.bool)
+    mask[1, 2:] = False  # an early EOS: padding after it
+    mask[4, 4:] = False
+    weights = torch.randn(2 * G, C, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for shared in (True, False):
+        model.zero_grad()
+        if shared:
+            logp, _ = grpo.completion_logprobs(model, prompts, tokens, mask, group_size=G)
+        else:
+            logp = full_logprobs(model, grpo.repeat_rows(prompts, G), tokens, mask)
+        (logp * weights).sum().backward()
+        grads.append((logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (a, ga), (b, gb) = grads
+    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    assert ga.keys() == gb.keys() and any(n.startswith("visual.") for n in ga)
+    for n in ga:
+        assert torch.allclose(ga[n], gb[n], atol=1e-5, rtol=1e-4), (n, (ga[n] - gb[n]).abs().max())

@@ -249,3 +249,27 @@ def test_released_flat_config_layout(pair, tmp_path):
         a = ours(torch.tensor([ids]), pixel_values_videos=pix, video_grid_thw=grid)
         b = again(torch.tensor([ids]), pixel_values_videos=pix, video_grid_thw=grid)
     assert torch.equal(a, b)
+
+
+def test_gradient_checkpointing_same_loss_and_gradients(pair):
+    """--grad-checkpoint recomputes the decoder layers in the backward: same loss and gradients, fewer saved tensors."""
+    _, ours, _ = pair
+    ids, pix, grid = video_prompt([(2, 6, 4)])
+    ids = torch.tensor([ids])
+    out = []
+    for remat in (False, True):
+        ours.train()
+        ours.gradient_checkpointing = remat
+        ours.zero_grad()
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            loss = ours(ids, pixel_values_videos=pix, video_grid_thw=grid).logsumexp(-1).mean()
+        loss.backward()
+        out.append((loss.item(), {n: p.grad.clone() for n, p in ours.named_parameters()}, sum(saved)))
+    ours.gradient_checkpointing = False
+    ours.eval()
+    (la, ga, sa), (lb, gb, sb) = out
+    assert la == pytest.approx(lb, abs=1e-6)
+    for n in ga:
+        assert torch.allclose(ga[n], gb[n], atol=1e-6), n
+    assert sb < sa  # the layers' activations were not kept
