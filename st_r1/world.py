@@ -7,8 +7,8 @@ A map is a grid of open cells (corridors) carved along the walker's route, plus 
 openings so that turns are choices. Landmarks are coloured objects painted on the wall beside a corridor
 cell; scenery changes switch the wall material of every cell after a point of the route. The video's
 timeline is laid out so that each turn is centred on one of the 8 uniformly sampled frames (Qwen's
-linspace(0, T-1, 8) sampling) and every landmark is on screen in one of them: the frames the model sees
-contain the route. The same route yields the `events` ground truth and all eight questions.
+linspace(0, T-1, 8) sampling) and every landmark fills at least a quarter of the screen width in one of them:
+the frames the model sees contain the route. The same route yields the `events` ground truth and all eight questions.
 """
 import argparse
 import json
@@ -20,11 +20,13 @@ import numpy as np
 COLOURS = {"red": (225, 30, 30), "blue": (35, 75, 235), "green": (30, 190, 60), "yellow": (245, 215, 30),
            "purple": (150, 50, 205), "orange": (250, 135, 20)}
 OBJECTS = ("door", "bench", "box", "sign", "lamp")
-MATERIALS = ("brick", "wood", "stone", "concrete", "tile")  # muted textures, far from the landmark colours
+MATERIALS = ("brick", "wood", "stone", "concrete", "tile")  # textures drawn at WALL_SATURATION: near grey
 TASKS = ("route", "direction", "landmark", "action")
 SPLITS = {"train": 0, "test": 1}  # part of every map's seed: the two splits never draw the same map
 STEPS = ((1, 0), (0, 1), (-1, 0), (0, -1))  # heading 0..3 = east, south, west, north; y grows downwards
 GRID, TEX = 15, 32  # map size in cells, texture size in texels
+WALL_SATURATION = 0.25  # of the wall materials' colour (1 = as drawn)
+LANDMARK_MIN = 0.25  # a landmark fills at least this fraction of the screen width in one sampled frame
 
 PREFIX = "Please take a egocentric view to understand the following questions. Based on this video, "
 MCQ_INSTR = ("\n\nInstructions: Please select the most appropriate answer from the options above and return only "
@@ -228,13 +230,14 @@ def make_world(rng, map_id, n_segments=None, n_landmarks=None, n_frames=64, size
             w.change = (s, MATERIALS[a], MATERIALS[b])
         # landmarks: on wall faces beside host cells that the sampled frames really show
         cam = poses(w, n_frames)[sample_positions(n_frames)]
-        seen = {}
+        seen = {}  # per wall face: the most screen columns it fills in any one sampled frame
         for pose in cam:
             hit = cast(w, pose, size)
-            for key in zip(hit["ox"], hit["oy"], hit["d"]):
-                seen[key] = seen.get(key, 0) + 1
+            keys, counts = np.unique(np.stack([hit["ox"], hit["oy"], hit["d"]], 1), axis=0, return_counts=True)
+            for key, n in zip(map(tuple, keys.tolist()), counts.tolist()):
+                seen[key] = max(seen.get(key, 0), n)
         faces = [(x, y, d) for (x, y) in hosts for d in range(4)
-                 if not w.grid[y + STEPS[d][1], x + STEPS[d][0]] and seen.get((x, y, d), 0) >= size // 10]
+                 if not w.grid[y + STEPS[d][1], x + STEPS[d][0]] and seen.get((x, y, d), 0) >= LANDMARK_MIN * size]
         if w.change and not set(_seen_materials(w, cam, size)) >= {a, b}:
             continue
         rng.shuffle(faces)
@@ -321,7 +324,10 @@ def _textures():
                      (65, 65, 75), (118, 118, 128)) + 12 * noise
     concrete = np.full((TEX, TEX, 3), (178, 178, 168.0)) + 7 * noise - 25 * (np.abs(v - 0.5) < 0.03)[..., None]
     tile = np.where((((v * 4) % 1 < 0.08) | ((u * 4) % 1 < 0.08))[..., None], (110, 140, 170), (215, 225, 235)) + 0 * noise
-    mats = [brick, wood, stone, concrete, tile]
+    # walls keep a quarter of their colour: the saturated landmark colours are then the only strong colours on
+    # screen, so that seeing a landmark does not first need telling a red door from a reddish brick wall
+    mats = [m.mean(-1, keepdims=True) + WALL_SATURATION * (m - m.mean(-1, keepdims=True))
+            for m in (brick, wood, stone, concrete, tile)]
     shapes = {  # masks of the objects on a wall face (v = 0 top, 1 floor): big and simple, readable at 112 px
         "door": (abs(u - 0.5) < 0.28) & (v > 0.12),
         "bench": ((abs(u - 0.5) < 0.42) & (abs(v - 0.66) < 0.06)) | ((abs(u - 0.5) < 0.42) & (abs(v - 0.5) < 0.04))
