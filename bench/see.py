@@ -37,7 +37,7 @@ class Probe:
     n_train: int = 600
     n_test: int = 120
     out: str = "runs/see"
-    model: str = ""          # default: a fresh tiny random Qwen2.5-VL in {out}/init
+    model: str = ""          # default: a fresh tiny random Qwen2.5-VL in {out}/init; the result goes to {out}/model
     steps: int = 400
     batch_size: int = 16
     lr: float = 2e-3
@@ -134,6 +134,8 @@ def main(cfg):
             acc, acc_other = accuracy()
             print(f"step {step:5d}  loss {ema:.3f} (blind: log 6 = 1.792)  held-out accuracy {acc:.3f}, "
                   f"with another video {acc_other:.3f}  ({time.time() - t0:.0f} s)", flush=True)
+    model.save_pretrained(os.path.join(cfg.out, "model"))  # so that a later probe can start from it (--model)
+    tok.save_pretrained(os.path.join(cfg.out, "model"))
 
 
 if __name__ == "__main__":
