@@ -9,6 +9,10 @@ with the true video and with another row's video: equal numbers mean the answer 
 
 --squares N writes its own control videos (under --out): noisy grey frames with one square of the answer colour
 in N of the 8 sampled frames (8: in all of them), so that the same model and loop can be checked on an easy case.
+The trained model is saved to {out}/model, so probes chain into a curriculum (bench/RESULTS.md):
+
+    python bench/see.py --squares 8 --square 28 --steps 300 --out runs/see/squares
+    python bench/see.py --world W --model runs/see/squares/model --lr 1e-3 --steps 600 --out runs/see/world
 """
 import json
 import os
