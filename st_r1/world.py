@@ -324,7 +324,7 @@ def _textures():
                      (65, 65, 75), (118, 118, 128)) + 12 * noise
     concrete = np.full((TEX, TEX, 3), (178, 178, 168.0)) + 7 * noise - 25 * (np.abs(v - 0.5) < 0.03)[..., None]
     tile = np.where((((v * 4) % 1 < 0.08) | ((u * 4) % 1 < 0.08))[..., None], (110, 140, 170), (215, 225, 235)) + 0 * noise
-    # walls keep a quarter of their colour: the saturated landmark colours are then the only strong colours on
+    # walls keep WALL_SATURATION of their colour: the saturated landmark colours are then the only strong colours on
     # screen, so that seeing a landmark does not first need telling a red door from a reddish brick wall
     mats = [m.mean(-1, keepdims=True) + WALL_SATURATION * (m - m.mean(-1, keepdims=True))
             for m in (brick, wood, stone, concrete, tile)]
