@@ -21,7 +21,7 @@ from st_r1 import cli, scoring
 @dataclass
 class Options:
     """Score (and with --model, first make) predictions on an Ego-ST-format bench."""
-    bench: str = ""               # Ego-ST JSONL; empty: {world}/test.jsonl of the synthetic world (made if missing)
+    bench: str = ""               # Ego-ST JSONL, or a folder (its test.jsonl); empty: the synthetic world's test split
     world: str = "data/world"     # synthetic bench folder used when no --bench is given
     predictions: str = ""         # JSONL of predictions; default with --model: {out without .json}.predictions.jsonl
     out: str = "scores.json"      # all scores as JSON (groups and per-row results)
@@ -115,12 +115,11 @@ def predict(model, tok, rows, enc, batch_size=8, max_new_tokens=256, on_predicti
 
 def load_ours(opt):
     """(model, tokenizer, prompt encoder) of our VideoLM from the --model folder."""
-    from transformers import AutoTokenizer
 
     from st_r1 import data
     from st_r1.model import VideoLM
 
-    tok = AutoTokenizer.from_pretrained(opt.model)
+    tok = data.load_tokenizer(opt.model)
     model = VideoLM.from_pretrained(opt.model).eval()
     enc = data.PromptEncoder(tok, video_root=opt.video_root or os.path.dirname(os.path.abspath(opt.bench)),
                              num_frames=opt.num_frames)
@@ -164,6 +163,8 @@ def main(opt):
     from st_r1 import data
     if not opt.bench:
         opt.bench = default_bench(opt)
+    elif os.path.isdir(opt.bench):  # a bench folder, as train_sft.py / train_grpo.py take it: score its test split
+        opt.bench = os.path.join(opt.bench, "test.jsonl")
     if not opt.model and not opt.predictions:
         sys.exit("evaluate.py: give --predictions P.jsonl (any model's replies) or --model DIR (ours)")
     rows = data.load_rows(opt.bench)

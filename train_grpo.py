@@ -85,10 +85,9 @@ def main(cfg):
     if not cfg.model and dist.latest_model("runs/sft"):
         cfg.model = dist.latest_model("runs/sft")  # the default chain: SFT, then GRPO
     model_dir, train_file, eval_file = data.resolve_defaults(cfg, is_main=d.is_main)
-    from transformers import AutoTokenizer
     from st_r1 import chat
     from st_r1.model import VideoLM
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = data.load_tokenizer(model_dir)
     eos_ids = chat.end_of_turn_ids(tok)
     model = VideoLM.from_pretrained(model_dir, device=d.device)
     if cfg.freeze_vision:

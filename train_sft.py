@@ -80,9 +80,8 @@ def main(cfg):
     d = dist.setup()
     dist.seed_everything(cfg.seed, d.rank)
     model_dir, train_file, eval_file = data.resolve_defaults(cfg, is_main=d.is_main)
-    from transformers import AutoTokenizer  # tokenizer only; the model is ours
     from st_r1.model import VideoLM
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = data.load_tokenizer(model_dir)
     model = VideoLM.from_pretrained(model_dir, device=d.device)
     if cfg.freeze_vision:
         model.visual.requires_grad_(False)

@@ -40,6 +40,15 @@ def load_rows(path):
     return rows
 
 
+def load_tokenizer(model_dir):
+    """The tokenizer of a local model folder, never downloaded: a missing folder is named, not looked up on the Hub."""
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise FileNotFoundError(f"{model_dir}: not a model folder (no config.json); give --model a local folder "
+                                f"of a Hugging Face checkpoint")
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+
+
 def resolve_video(row, video_root=None):
     path = row["video"]
     return path if os.path.isabs(path) or video_root is None else os.path.join(video_root, path)

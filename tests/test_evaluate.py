@@ -72,6 +72,24 @@ def test_predictions_as_rows_with_a_prediction_key(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "s.json").read_text())["overall"] == s["overall"]
 
 
+def test_bench_folder_means_its_test_split(tmp_path, monkeypatch):
+    # train_sft.py / train_grpo.py take --bench as a folder; evaluate.py takes the same folder (its test.jsonl)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w").mkdir()
+    rows = bench_rows()
+    write_jsonl(tmp_path / "w" / "test.jsonl", rows)
+    write_jsonl(tmp_path / "p.jsonl", [dict(r, prediction=r["solution"]) for r in rows[:2]])
+    s = main(["--bench", "w", "--predictions", "p.jsonl", "--out", "s.json"])
+    assert s["bench"] == os.path.join("w", "test.jsonl") and s["missing"] == 3
+
+
+def test_missing_model_folder_is_named_not_downloaded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "bench.jsonl", bench_rows())
+    with pytest.raises(FileNotFoundError, match="no/such/ckpt: not a model folder"):
+        main(["--bench", "bench.jsonl", "--model", "no/such/ckpt", "--out", "s.json"])
+
+
 def test_bad_predictions_name_file_and_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_jsonl(tmp_path / "bench.jsonl", bench_rows())
