@@ -1,0 +1,54 @@
+"""Text oracle: can the tiny model answer when it is *told* the route? Separates option matching from perception.
+
+Writes a copy of a synthetic bench whose every question starts with the true forward route in words
+("You walked: I walk straight, then pass the red door, ..."); the videos are shared (a symlink). A model that
+reads its prompt can then answer every question without seeing anything: accuracy at chance on this copy means
+the bottleneck is not (only) the video. Train and score on it with the usual scripts (bench/RESULTS.md):
+
+    python bench/oracle.py --bench runs/main/world --out runs/oracle/world
+    python train_sft.py --model runs/main/seed0/init --bench runs/oracle/world --steps 150 --out runs/oracle/sft
+    python evaluate.py --model runs/oracle/sft/ckpt-00000150/model --bench runs/oracle/world --out runs/oracle/sft.json
+"""
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from st_r1 import cli, data  # noqa: E402
+
+
+@dataclass
+class Oracle:
+    """Copy a synthetic bench with the true forward route written at the start of every question."""
+    bench: str = "runs/main/world"  # a folder written by st_r1.world (train.jsonl, test.jsonl, videos/)
+    out: str = "runs/oracle/world"
+
+
+def tell(row, path):
+    """The row with its route told: needs the world's `events` ground truth (the authors' rows have none)."""
+    if "events" not in row:
+        raise data.DataError(f"{path}:{row['_line']}: no 'events' (not a synthetic-world row): the route is unknown")
+    row = {k: v for k, v in row.items() if k != "_line"}
+    row["problem"] = "You walked: I " + ", then ".join(row["events"]["forward"]) + ". " + row["problem"]
+    return row
+
+
+def main(o):
+    os.makedirs(o.out, exist_ok=True)
+    videos = os.path.join(o.out, "videos")
+    if not os.path.exists(videos):
+        os.symlink(os.path.abspath(os.path.join(o.bench, "videos")), videos)
+    for name in sorted(os.listdir(o.bench)):
+        if name.endswith(".jsonl"):
+            path = os.path.join(o.bench, name)
+            rows = [tell(r, path) for r in data.load_rows(path)]
+            tmp = os.path.join(o.out, name + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+            os.replace(tmp, os.path.join(o.out, name))
+            print(f"{len(rows)} rows -> {os.path.join(o.out, name)}")
+
+
+if __name__ == "__main__":
+    main(cli.parse(Oracle))
