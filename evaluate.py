@@ -153,7 +153,7 @@ def default_bench(opt):
     if not opt.model and not opt.predictions:
         opt.model = data.DEFAULT_MODEL
         if not os.path.exists(os.path.join(opt.model, "config.json")):
-            from st_r1.world import write_tiny_model
+            from st_r1.tiny import write_tiny_model
             print(f"no --model given: writing the tiny random Qwen2.5-VL to {opt.model}")
             write_tiny_model(opt.model)
     return bench

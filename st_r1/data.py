@@ -149,7 +149,7 @@ def resolve_defaults(cfg, is_main=True):
     eval_file = cfg.eval_file or os.path.join(cfg.bench, "test.jsonl")
     if is_main:
         if not cfg.model and not os.path.exists(os.path.join(model_dir, "config.json")):
-            from st_r1.world import write_tiny_model
+            from st_r1.tiny import write_tiny_model
             print(f"no --model given: writing the tiny random Qwen2.5-VL to {model_dir}")
             write_tiny_model(model_dir)
         if not cfg.train_file and not os.path.exists(train_file):

@@ -1,7 +1,7 @@
 """The synthetic egocentric world: corridor maps, a walker's route, a numpy raycaster, mp4 videos, and
 Ego-ST-format questions about the route, forward (start -> destination) and reverse (destination -> start).
 
-    python -m st_r1.world --out data/world --seed 0 --n 125          # 125 videos x 8 questions per split
+    python -m st_r1.world --out data/world --seed 0 --n 125          # 125 train + 31 test videos, 8 questions each
 
 A map is a grid of open cells (corridors) carved along the walker's route, plus a few dead-end side
 openings so that turns are choices. Landmarks are coloured objects painted on the wall beside a corridor
@@ -598,12 +598,13 @@ def _job(args):
 def make_bench(out_dir, seed=0, n_videos=125, split="both", n_test=None, route_len=None, landmarks=None,
                size=112, frames=64, fps=8, workers=None, progress=True, videos=True):
     """Write out_dir/{train,test}.jsonl and out_dir/videos/*.mp4 (8 questions per video); returns the JSONL
-    paths by split. n_videos per split; the test split gets n_test (default n_videos // 4, at least 1)."""
+    paths by split. The train split gets n_videos; the test split n_test (default: n_videos // 4, at least 1, or
+    n_videos when it is the only split written)."""
     from tqdm import tqdm
     splits = ["train", "test"] if split == "both" else [split]
     if any(s not in SPLITS for s in splits):
         raise ValueError(f"split must be train, test or both, not {split!r}")
-    counts = {"train": n_videos, "test": n_test or max(1, n_videos // 4)} if split == "both" else {split: n_videos}
+    counts = {"train": n_videos, "test": n_test or (max(1, n_videos // 4) if split == "both" else n_videos)}
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
     jobs = [(out_dir, seed, s, i, route_len, landmarks, frames, size, fps, videos) for s in splits for i in range(counts[s])]
     rows = {s: [] for s in splits}
@@ -630,18 +631,12 @@ def make_bench(out_dir, seed=0, n_videos=125, split="both", n_test=None, route_l
     return paths
 
 
-def write_tiny_model(out_dir, seed=0, **kw):
-    """See st_r1.tiny.write_tiny_model (re-exported: the scripts import it from here)."""
-    from st_r1.tiny import write_tiny_model as write
-    return write(out_dir, seed=seed, **kw)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Write a synthetic Ego-ST bench: videos/*.mp4, train.jsonl, test.jsonl")
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n", type=int, default=125, help="videos per split (8 questions each)")
-    ap.add_argument("--n-test", type=int, default=None, help="videos in the test split (default n/4)")
+    ap.add_argument("--n", type=int, default=125, help="training videos (8 questions each)")
+    ap.add_argument("--n-test", type=int, default=None, help="test videos (default n/4; n with --split test)")
     ap.add_argument("--split", default="both", choices=["train", "test", "both"])
     ap.add_argument("--route-len", type=int, default=None, help="straight segments, 1-4 (default random 2-4)")
     ap.add_argument("--landmarks", type=int, default=None, help="landmarks, 1-3 (default random 1-3)")

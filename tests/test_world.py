@@ -171,6 +171,10 @@ def test_deterministic_and_disjoint_splits(tmp_path):
     test = {key(W.world_for(3, "test", i)) for i in range(20)}
     assert not train & test and len(train) == 20
     assert not {r["map_id"] for r in rows["train"]} & {r["map_id"] for r in rows["test"]}
+    # the test split alone: n_test is honoured, and its rows are those of the test split written with both
+    c = W.make_bench(str(tmp_path / "c"), seed=3, n_videos=9, n_test=3, split="test", workers=1, progress=False,
+                     videos=False)
+    assert open(c["test"]).read() == open(a["test"]).read()
 
 
 def test_mp4_readable_with_expected_frames(tmp_path):
