@@ -115,7 +115,6 @@ def predict(model, tok, rows, enc, batch_size=8, max_new_tokens=256, on_predicti
 
 def load_ours(opt):
     """(model, tokenizer, prompt encoder) of our VideoLM from the --model folder."""
-
     from st_r1 import data
     from st_r1.model import VideoLM
 
