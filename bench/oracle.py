@@ -8,9 +8,14 @@ the bottleneck is not (only) the video. Train and score on it with the usual scr
     python bench/oracle.py --bench runs/main/world --out runs/oracle/world
     python train_sft.py --model runs/main/seed0/init --bench runs/oracle/world --steps 150 --out runs/oracle/sft
     python evaluate.py --model runs/oracle/sft/ckpt-00000150/model --bench runs/oracle/world --out runs/oracle/sft.json
+    python bench/oracle.py --out runs/oracle/world --check runs/oracle/sft.predictions.jsonl
+
+--check reads chain-of-thought replies ("...count: <list>, which is option X") and says how often the recalled list
+is the right option's text, and, when it is the text of some option, how often X is that option's letter.
 """
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -23,6 +28,7 @@ class Oracle:
     """Copy a synthetic bench with the true forward route written at the start of every question."""
     bench: str = "runs/main/world"  # a folder written by st_r1.world (train.jsonl, test.jsonl, videos/)
     out: str = "runs/oracle/world"
+    check: str = ""                 # predictions JSONL on {out}/test.jsonl: check the recalled list and the letter
 
 
 def tell(row, path):
@@ -34,7 +40,31 @@ def tell(row, path):
     return row
 
 
+def check(bench, predictions):
+    rows = data.load_rows(bench)
+    with open(predictions, encoding="utf-8") as f:
+        replies = {p["index"]: p["prediction"] for p in map(json.loads, filter(str.strip, f))}
+    n = right_list = some_list = right_letter = 0
+    for i, row in enumerate(rows):
+        if not row.get("options"):
+            continue
+        n += 1
+        m = re.search(r"count: (.*?), which is option ([ABCD])", replies.get(i) or "")
+        if not m:
+            continue
+        said = m.group(1).strip().lower()
+        right_list += said == row["options"][row["original_answer"]].lower()
+        same = [letter for letter, text in row["options"].items() if text.lower() == said]
+        some_list += bool(same)
+        right_letter += bool(same) and m.group(2) == same[0]
+    print(f"{n} multiple-choice rows; recalled list = the right option's text: {right_list} ({right_list / n:.0%}); "
+          f"= some option's text: {some_list}, of which the letter named is that option's: {right_letter} "
+          f"({right_letter / max(some_list, 1):.0%}; chance 25%)")
+
+
 def main(o):
+    if o.check:
+        return check(os.path.join(o.out, "test.jsonl"), o.check)
     os.makedirs(o.out, exist_ok=True)
     videos = os.path.join(o.out, "videos")
     if not os.path.exists(videos):
