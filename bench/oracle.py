@@ -12,6 +12,8 @@ the bottleneck is not (only) the video. Train and score on it with the usual scr
 
 --check reads chain-of-thought replies ("...count: <list>, which is option X") and says how often the recalled list
 is the right option's text, and, when it is the text of some option, how often X is that option's letter.
+--per-option rewrites the multiple-choice reference CoTs to end with a verdict per option ("A. <text>: no. B.
+<text>: yes. ...") instead of "<list>, which is option B": the letter then sits beside its option's text.
 """
 import json
 import os
@@ -29,6 +31,18 @@ class Oracle:
     bench: str = "runs/main/world"  # a folder written by st_r1.world (train.jsonl, test.jsonl, videos/)
     out: str = "runs/oracle/world"
     check: str = ""                 # predictions JSONL on {out}/test.jsonl: check the recalled list and the letter
+    per_option: bool = False        # reference CoTs end by judging the options one by one (an experiment)
+
+
+def per_option(row):
+    """The reference CoT's last sentence ("...: <list>, which is option X.") replaced by a verdict per option, so
+    that the letter is written next to the option text it belongs to instead of being looked up afterwards."""
+    if not row.get("options"):
+        return row
+    head, _, _ = row["solution"].rpartition(", which is option ")
+    gold = row["original_answer"]
+    verdicts = " ".join(f"{k}. {t}: {'yes' if k == gold else 'no'}." for k, t in row["options"].items())
+    return dict(row, solution=f"{head}. {verdicts} Hence, the correct answer is {gold}.</think> <answer>{gold}</answer>")
 
 
 def tell(row, path):
@@ -44,11 +58,12 @@ def check(bench, predictions):
     rows = data.load_rows(bench)
     with open(predictions, encoding="utf-8") as f:
         replies = {p["index"]: p["prediction"] for p in map(json.loads, filter(str.strip, f))}
-    n = right_list = some_list = right_letter = 0
+    n = right_list = some_list = right_letter = copied = 0
     for i, row in enumerate(rows):
         if not row.get("options"):
             continue
         n += 1
+        copied += sum(f"{k}. {t}:" in (replies.get(i) or "") for k, t in row["options"].items())  # --per-option
         m = re.search(r"count: (.*?), which is option ([ABCD])", replies.get(i) or "")
         if not m:
             continue
@@ -59,7 +74,8 @@ def check(bench, predictions):
         right_letter += bool(same) and m.group(2) == same[0]
     print(f"{n} multiple-choice rows; recalled list = the right option's text: {right_list} ({right_list / n:.0%}); "
           f"= some option's text: {some_list}, of which the letter named is that option's: {right_letter} "
-          f"({right_letter / max(some_list, 1):.0%}; chance 25%)")
+          f"({right_letter / max(some_list, 1):.0%}; chance 25%); per-option verdicts with the option copied exactly: "
+          f"{copied} of {4 * n}")
 
 
 def main(o):
@@ -73,6 +89,7 @@ def main(o):
         if name.endswith(".jsonl"):
             path = os.path.join(o.bench, name)
             rows = [tell(r, path) for r in data.load_rows(path)]
+            rows = [per_option(r) for r in rows] if o.per_option else rows
             tmp = os.path.join(o.out, name + ".tmp")
             with open(tmp, "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
