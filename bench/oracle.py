@@ -55,9 +55,11 @@ def tell(row, path):
 
 
 def check(bench, predictions):
+    from evaluate import read_predictions  # the scorer's reader: same formats, same errors
     rows = data.load_rows(bench)
-    with open(predictions, encoding="utf-8") as f:
-        replies = {p["index"]: p["prediction"] for p in map(json.loads, filter(str.strip, f))}
+    if not os.path.isfile(predictions):
+        raise FileNotFoundError(f"{predictions}: no such file")
+    replies = read_predictions(predictions, len(rows))
     n = right_list = some_list = right_letter = copied = 0
     for i, row in enumerate(rows):
         if not row.get("options"):
