@@ -274,9 +274,15 @@ class VideoLM(nn.Module):
     # ---------------------------------------------------------------- construction and checkpoints
     @classmethod
     def from_config(cls, config, dtype=None, device=None):
-        """Randomly initialised model (normal(0, 0.02) weights, zero biases, unit norms), from torch's RNG."""
-        with torch.device(device or "cpu"):
-            model = cls(config)
+        """Randomly initialised model (normal(0, 0.02) weights, zero biases, unit norms), from torch's RNG.
+        Allocated once, in `dtype` on `device`: a bf16 7B never exists in fp32."""
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype or default)
+        try:
+            with torch.device(device or "cpu"):
+                model = cls(config)
+        finally:
+            torch.set_default_dtype(default)
         for mod in model.modules():
             for name, p in mod.named_parameters(recurse=False):
                 if isinstance(mod, (RMSNorm, nn.LayerNorm)):
@@ -285,7 +291,7 @@ class VideoLM(nn.Module):
                     nn.init.zeros_(p)
                 else:
                     nn.init.normal_(p, std=0.02)
-        return model.to(dtype) if dtype is not None else model
+        return model
 
     @classmethod
     def from_pretrained(cls, path, dtype=None, device=None):

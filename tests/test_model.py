@@ -232,6 +232,28 @@ def test_from_config_and_cache_shapes():
         VideoLM.from_config({"model_type": "llama"})
 
 
+def test_from_config_allocates_in_the_asked_dtype():
+    # a bf16 model is built in bf16, with no fp32 copy on the way (bench/rollout.py --shape 7b builds 8B params on
+    # one GPU); the default dtype is restored and tied embeddings stay tied
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Dtypes(TorchDispatchMode):
+        seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.numel() > 1:
+                self.seen.add(out.dtype)
+            return out
+
+    cfg = hf_model("qwen2_5_vl", tied=True).config.to_dict()
+    with Dtypes() as mode:
+        b = VideoLM.from_config(cfg, dtype=torch.bfloat16)
+    assert mode.seen == {torch.bfloat16} and {p.dtype for p in b.parameters()} == {torch.bfloat16}
+    assert torch.get_default_dtype() == torch.float32
+    assert b.tied and b.lm_head.weight is b.model.embed_tokens.weight
+
+
 def test_released_flat_config_layout(pair, tmp_path):
     """The released 7B config.json keeps decoder keys at the top level, `rope_scaling: {type: mrope}` and
     `in_chans`; it must build the same model as transformers 5's nested text_config."""
