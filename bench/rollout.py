@@ -94,13 +94,13 @@ def main():
 
 def run_one(a):
     """In a fresh process: load, warm up, time 3 runs of one sampler; peak memory over the post-import baseline."""
-    from transformers import AutoConfig, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
     torch.set_num_threads(a.threads)
     cuda = a.device.startswith("cuda")
     dtype = getattr(torch, a.dtype)
     base_mb = torch.cuda.memory_allocated() / 2**20 if cuda else _rss_mb()
     tmp = a.tmp
-    tok = AutoTokenizer.from_pretrained(f"{tmp}/model")
+    tok = data.load_tokenizer(f"{tmp}/model")
     rows = data.load_rows(f"{tmp}/bench/train.jsonl")[::8][:a.prompts]  # one question per video
     enc = data.PromptEncoder(tok, f"{tmp}/bench", a.frames, 56 * 56, 128 * 28 * 28)
     batch = {k: v.to(a.device) for k, v in data.collate_prompts([enc.encode(r) for r in rows], tok.pad_token_id).items()}

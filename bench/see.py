@@ -87,7 +87,6 @@ def probe_rows(path, limit):
 def main(cfg):
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    from transformers import AutoTokenizer
     from st_r1.model import VideoLM
     from st_r1.tiny import write_tiny_model
     bench = cfg.world or square_videos(os.path.join(cfg.out, "squares"), cfg.n_train, cfg.n_test, cfg.squares,
@@ -95,7 +94,7 @@ def main(cfg):
     model_dir = cfg.model or os.path.join(cfg.out, "init")
     if not os.path.exists(os.path.join(model_dir, "model.safetensors")):
         write_tiny_model(model_dir, seed=cfg.seed)
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = data.load_tokenizer(model_dir)
     colour_ids = [tok.encode(" " + c) for c in COLOURS]
     if any(len(ids) != 1 for ids in colour_ids):
         raise SystemExit(f"the colour words must be single tokens of {model_dir}'s tokenizer: {colour_ids}")
