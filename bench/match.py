@@ -4,7 +4,7 @@ it is told? The text-only half of bench/oracle.py, on rows that are never repeat
 Every multiple-choice row of a synthetic world, with the true forward route told at the start (bench/oracle.py's
 `tell`), is encoded with no video; the model is trained on the cross-entropy over the four letters at the
 position after "<answer>" (answer-only, one token), on batches drawn from --n-train fresh worlds (6 rows each;
-no rendering, so 24,000 rows cost seconds). Held-out accuracy, per task, every --eval-every steps:
+no rendering: 24,000 rows take about half a minute). Held-out accuracy, per task, every --eval-every steps:
 
     python bench/match.py                                        # the main job's world settings
     python bench/match.py --route-len 2 --landmarks 1            # an easy world: 2 segments, 1 landmark
