@@ -1,8 +1,10 @@
-"""The main job: synthetic bench -> SFT the tiny model -> GRPO -> evaluate, for the five arms of the paper's ablation
-(untrained, answer-only SFT, reverse-thinking CoT SFT, + GRPO with the accuracy reward, + GRPO with the
-reverse-thinking reward), over several seeds, ending in one per-task table (forward vs reverse, 95% CIs).
+"""The main job: synthetic bench -> SFT the tiny base model -> GRPO -> evaluate, for the five arms of the paper's
+ablation (the base model, answer-only SFT, reverse-thinking CoT SFT, + GRPO with the accuracy reward, + GRPO with the
+reverse-thinking reward), over several seeds, ending in one per-task table (forward vs reverse, 95% CIs). Every
+trained arm is also evaluated with each question given another video's frames: the column that shows whether the
+answers come from the video (chance) or from the text of the question and its options (above chance).
 
-    python bench/main_job.py                      # ~30 min on 2 CPU cores; rerun the same command to resume
+    python bench/main_job.py                      # ~40 min on 2 CPU cores; rerun the same command to resume
 
 Every stage is one of the three top-level scripts run as a subprocess with the flags printed above it, so the job
 reads as the recipe a user would type. A stage whose result exists is skipped; a stopped training stage continues
@@ -20,7 +22,7 @@ sys.path.insert(0, ROOT)
 from st_r1 import cli, dist, scoring  # noqa: E402
 
 ARMS = ("untrained", "sft_answer", "sft_cot", "grpo_accuracy", "grpo_reverse")
-TITLES = {"untrained": "untrained", "sft_answer": "answer-only SFT", "sft_cot": "reverse-thinking CoT SFT",
+TITLES = {"untrained": "base model (no SFT)", "sft_answer": "answer-only SFT", "sft_cot": "reverse-thinking CoT SFT",
           "grpo_accuracy": "CoT SFT + GRPO, accuracy reward", "grpo_reverse": "CoT SFT + GRPO, reverse-thinking reward"}
 
 
@@ -28,12 +30,13 @@ TITLES = {"untrained": "untrained", "sft_answer": "answer-only SFT", "sft_cot": 
 class Job:
     """The ST-R1 ablation on the synthetic world, end to end, resumable."""
     out: str = "runs/main"
+    base: str = "models/tiny-base"  # the pretrained tiny model (bench/pretrain_base.py); every arm starts from it
     seeds: str = "0,1"
     n_videos: int = 125           # training videos (8 questions each)
-    n_test: int = 31              # held-out videos (8 questions each: 4 tasks x forward / reverse)
-    sft_steps: int = 150
+    n_test: int = 50              # held-out videos (8 questions each: 4 tasks x forward / reverse)
+    sft_steps: int = 300
     sft_batch: int = 16
-    sft_lr: float = 2e-3
+    sft_lr: float = 5e-4          # a pretrained base: lower than from scratch, so SFT does not wash out what it sees
     grpo_steps: int = 20
     grpo_prompts: int = 4         # prompts per GRPO step, each with grpo_group samples
     grpo_group: int = 8
@@ -71,34 +74,36 @@ def evaluate(model, bench, out, job, env):
 
 
 def one_seed(job, seed, world, env):
-    """All five arms for one seed; returns {arm: scores}."""
-    from st_r1.tiny import write_tiny_model
-    d, test = os.path.join(job.out, f"seed{seed}"), os.path.join(world, "test.jsonl")
-    init = os.path.join(d, "init")
-    if not os.path.exists(os.path.join(init, "model.safetensors")):
-        write_tiny_model(init, seed=seed)  # each seed: its own random initialisation (the tokenizer is the same)
-    sft = ["--model", init, "--bench", world, "--seed", str(seed), "--batch-size", str(job.sft_batch),
+    """All five arms for one seed; returns {arm: scores} and {arm: scores with another video's frames}."""
+    d, test, other = os.path.join(job.out, f"seed{seed}"), os.path.join(world, "test.jsonl"), \
+        os.path.join(world, "test_other_video.jsonl")
+    base = job.base if os.path.isabs(job.base) else os.path.join(ROOT, job.base)
+    if not os.path.exists(os.path.join(base, "config.json")):
+        raise SystemExit(f"{base}: no base model; make it with python bench/pretrain_base.py (see its docstring)")
+    sft = ["--model", base, "--bench", world, "--seed", str(seed), "--batch-size", str(job.sft_batch),
            "--lr", str(job.sft_lr), "--eval-every", "0", "--save-every", "50"]
     grpo = ["--bench", world, "--train-file", os.path.join(world, "train_mcq.jsonl"), "--seed", str(seed),
             "--prompts-per-step", str(job.grpo_prompts), "--group-size", str(job.grpo_group), "--lr", str(job.grpo_lr),
             "--beta", str(job.grpo_beta), "--max-new-tokens", str(job.max_new_tokens), "--save-every", "10",
             "--micro-batch", str(job.grpo_prompts * job.grpo_group)]
-    scores = {"untrained": evaluate(init, test, os.path.join(d, "untrained.json"), job, env)}
-    m = train("train_sft.py", os.path.join(d, "sft_answer"), job.sft_steps, sft + ["--answer-only"], env)
-    scores["sft_answer"] = evaluate(m, test, os.path.join(d, "sft_answer.json"), job, env)
-    cot = train("train_sft.py", os.path.join(d, "sft_cot"), job.sft_steps, sft, env)
-    scores["sft_cot"] = evaluate(cot, test, os.path.join(d, "sft_cot.json"), job, env)
+    models = {"untrained": base}
+    models["sft_answer"] = train("train_sft.py", os.path.join(d, "sft_answer"), job.sft_steps, sft + ["--answer-only"],
+                                 env)
+    models["sft_cot"] = train("train_sft.py", os.path.join(d, "sft_cot"), job.sft_steps, sft, env)
     # the authors' released code rewards format + accuracy; ST-R1 (paper Sec. 3.3) adds the reverse-thinking reward
     for arm, weights in (("grpo_accuracy", "format=0.5,accuracy=1"),
                          ("grpo_reverse", "format=0.5,accuracy=1,reverse_thinking=0.5")):
-        m = train("train_grpo.py", os.path.join(d, arm), job.grpo_steps,
-                  grpo + ["--model", cot, "--reward-weights", weights], env)
-        scores[arm] = evaluate(m, test, os.path.join(d, arm + ".json"), job, env)
-    return scores
+        models[arm] = train("train_grpo.py", os.path.join(d, arm), job.grpo_steps,
+                            grpo + ["--model", models["sft_cot"], "--reward-weights", weights], env)
+    scores = {arm: evaluate(m, test, os.path.join(d, arm + ".json"), job, env) for arm, m in models.items()}
+    blind = {arm: evaluate(m, other, os.path.join(d, arm + ".other_video.json"), job, env)
+             for arm, m in models.items() if arm != "untrained"}
+    return scores, blind
 
 
 def make_world(job, world):
-    """The synthetic bench, plus its multiple-choice training rows for GRPO (routes have no letter to reward)."""
+    """The synthetic bench, its multiple-choice training rows for GRPO (routes have no letter to reward), and the
+    test split with every question given the next video's frames (same questions, options and answers)."""
     if not os.path.exists(os.path.join(world, "test.jsonl")):
         from st_r1.world import make_bench
         # 16 rendered frames: the model samples 8, and the world centres every event on one of them
@@ -108,6 +113,15 @@ def make_world(job, world):
         with open(os.path.join(world, "train.jsonl")) as f, open(mcq + ".tmp", "w") as g:
             g.writelines(line for line in f if json.loads(line)["task"] != "route")
         os.replace(mcq + ".tmp", mcq)
+    other = os.path.join(world, "test_other_video.jsonl")
+    if not os.path.exists(other):
+        with open(os.path.join(world, "test.jsonl")) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        videos = list(dict.fromkeys(r["video"] for r in rows))
+        nxt = {v: videos[(i + 1) % len(videos)] for i, v in enumerate(videos)}
+        with open(other + ".tmp", "w") as g:
+            g.writelines(json.dumps(dict(r, video=nxt[r["video"]])) + "\n" for r in rows)
+        os.replace(other + ".tmp", other)
 
 
 def stages_done(job, seeds):
@@ -115,7 +129,7 @@ def stages_done(job, seeds):
     for seed in seeds:
         d = os.path.join(job.out, f"seed{seed}")
         n += sum(os.path.exists(os.path.join(d, arm + ".json")) for arm in ARMS)
-        n += os.path.exists(os.path.join(d, "init", "model.safetensors"))
+        n += sum(os.path.exists(os.path.join(d, arm + ".other_video.json")) for arm in ARMS[1:])
         n += sum(dist.latest_checkpoint(os.path.join(d, arm)) is not None for arm in ARMS[1:])
     return n
 
@@ -127,6 +141,8 @@ def pooled(per_seed, arm):
     """Per-row results of an arm pooled over seeds, regrouped like scoring.score_rows (seed x question = one trial)."""
     mcq, route = {}, {}
     for scores in per_seed:
+        if arm not in scores:
+            return {}, {}
         for r in scores[arm]["rows"]:
             direction = "reverse" if r["reverse"] else "forward"
             for g in ("overall", direction, r["task"], f"{r['task']}/{direction}"):
@@ -137,13 +153,15 @@ def pooled(per_seed, arm):
     return ({g: scoring._acc_stat(v) for g, v in mcq.items()}, {g: scoring._mean_stat(v) for g, v in route.items()})
 
 
-def table(per_seed, seeds):
+def table(per_seed, seeds, blind):
     cols = [(t, d) for t in scoring.TASKS for d in ("forward", "reverse")]
     head = ("| model | " + " | ".join(f"{t} {d[:3]}" for t, d in cols) +
-            " | MC all [95% CI] | MC all per seed |")
-    lines = [head, "|" + "---|" * (len(cols) + 3)]
+            " | MC all [95% CI] | MC all per seed | MC all, another video's frames [95% CI] |")
+    lines = [head, "|" + "---|" * (len(cols) + 4)]
     for arm in ARMS:
         mcq, route = pooled(per_seed, arm)
+        b = pooled(blind, arm)[0].get("overall")
+        other = f"{100 * b['accuracy']:.1f} [{100 * b['ci_low']:.1f}, {100 * b['ci_high']:.1f}]" if b else "-"
         cells = []
         for t, d in cols:
             s = (route if t == "route" else mcq).get(f"{t}/{d}")
@@ -152,12 +170,13 @@ def table(per_seed, seeds):
         seeds_acc = " / ".join(f"{100 * s[arm]['overall']['accuracy']:.1f}" for s in per_seed)
         lines.append(f"| {TITLES[arm]} | " + " | ".join(cells) +
                      f" | **{100 * o['accuracy']:.1f}** [{100 * o['ci_low']:.1f}, {100 * o['ci_high']:.1f}] | "
-                     f"{seeds_acc} |")
+                     f"{seeds_acc} | {other} |")
     n_cell = mcq.get("direction/forward", {}).get("n", 0)
     notes = (f"\nSeeds {seeds}; multiple-choice cells: accuracy % over {n_cell} answers (the test questions x seeds; "
              "chance is 25% for a model that answers in the format, 0% for one that does not); route cells: the "
              "deterministic rubric score (0-5, mean of direction / landmark / semantic). 95% Wilson interval on the "
-             "pooled answers; per-cell intervals are in each seed's scores JSON.")
+             "pooled answers; per-cell intervals are in each seed's scores JSON. Last column: the same model and "
+             "questions, each question shown the next test video's frames (chance if the answers come from the video).")
     return "\n".join(lines) + "\n" + notes
 
 
@@ -208,21 +227,22 @@ def main(job):
     world = os.path.join(job.out, "world")
     make_world(job, world)
     if jobs == 1:
-        per_seed = [one_seed(job, seed, world, env) for seed in seeds]
+        results = [one_seed(job, seed, world, env) for seed in seeds]
     else:
         import multiprocessing as mp
         from tqdm import tqdm
         print(f"{len(seeds)} seeds, {jobs} at a time; each seed's stages log to {job.out}/seed*/job.log")
         with mp.get_context("spawn").Pool(jobs) as pool:
             futures = [pool.apply_async(seed_worker, (job, seed, world, env)) for seed in seeds]
-            with tqdm(total=len(seeds) * len(ARMS) * 2, desc="main job (stages)") as bar:
+            with tqdm(total=len(seeds) * (3 * len(ARMS) - 2), desc="main job (stages)") as bar:
                 while not all(f.ready() for f in futures):  # progress: the stage results written so far
                     time.sleep(5)
                     bar.update(stages_done(job, seeds) - bar.n)
-            per_seed = [f.get() for f in futures]  # re-raises a seed's error with its traceback
+            results = [f.get() for f in futures]  # re-raises a seed's error with its traceback
+    per_seed, blind = [r[0] for r in results], [r[1] for r in results]
     text = (f"## Main job: the ST-R1 ablation on the synthetic world\n\nCommand: `python bench/main_job.py"
             f"{''.join(' ' + a for a in sys.argv[1:])}`".replace(".py `", ".py`") + f" ({(time.time() - t0) / 60:.1f} min of this invocation)\n\n"
-            + table(per_seed, seeds) + "\n")
+            + table(per_seed, seeds, blind) + "\n")
     print("\n" + text)
     with open(os.path.join(job.out, "results.md"), "w") as f:
         f.write(text)

@@ -7,7 +7,7 @@ position after "<answer>" (answer-only, one token), on batches drawn from --n-tr
 no rendering: 24,000 rows take about half a minute). Held-out accuracy, per task, every --eval-every steps:
 
     python bench/match.py                                        # the main job's world settings
-    python bench/match.py --route-len 2 --landmarks 1            # an easy world: 2 segments, 1 landmark
+    python bench/match.py --landmarks 1                          # one landmark per walk
 """
 import json
 import os
@@ -32,7 +32,7 @@ class Match:
     out: str = "runs/match"
     n_train: int = 4000      # worlds (6 multiple-choice rows each)
     n_test: int = 100
-    route_len: int = 0       # 0: the world's default (2-5 straight segments)
+    route_len: int = 0       # 0: the world's default (3 straight segments)
     landmarks: int = 0       # 0: the world's default
     steps: int = 3000
     batch_size: int = 32

@@ -24,11 +24,24 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
+# The base model's pretraining (bench/pretrain_base.py): prompts for describing videos, and words for the generic
+# list skills (matching a list to one of four lettered lists, reversing a list) that have nothing to do with walks.
+NARRATE = "Narrate the walk in this video."
+LOOK = "What do you see in front of you?"
+TURN = "Which way do you turn?"
+WORDS = ("apple", "river", "seven", "cloud", "tiger", "piano", "candle", "forest", "silver", "rocket", "garden",
+         "violin", "dragon", "pepper", "island", "marble", "copper", "winter", "falcon", "meadow", "ocean", "pencil",
+         "thunder", "cherry")
+MATCH = "Which option is the list: {}? Options: {}"
+REVERSE = "Reverse the list: {}."
+
+
 def corpus(n_videos=100, seed=0):
     """Training text for the tokenizer: the world's questions and answers, the authors' fixture rows, the chat
-    scaffolding. Text only: no video is rendered."""
+    scaffolding, the base model's pretraining prompts and words. Text only: no video is rendered."""
     from st_r1 import world
-    texts = []
+    texts = [NARRATE, LOOK, TURN, "I see the", "I turn left.", "I turn right.", "which is option"]
+    texts += [", ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 4
     for i in range(n_videos):
         w = world.world_for(seed, "train", i)
         for r in world.make_rows(w, "", seed, "train", i):

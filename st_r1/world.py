@@ -112,8 +112,9 @@ def _free(grid, cell, came_from):
     return all(not grid[y + dy, x + dx] or (x + dx, y + dy) == came_from for dx, dy in STEPS)
 
 
-def _route(rng, n_segments):
-    """Random walk of straight segments; None when it runs into itself (the caller retries)."""
+def _route(rng, n_segments, around=0.0):
+    """Random walk of straight segments, turning around with probability `around` at a turn; None when it runs
+    into itself (the caller retries)."""
     w = World("")
     x = y = GRID // 2
     h = int(rng.integers(4))
@@ -125,7 +126,7 @@ def _route(rng, n_segments):
         if k:
             # turning around is rare and never twice in a row; afterwards the walker retraces part of the
             # corridor it came along and then leaves it by a new side corridor
-            turn = "around" if prev_turn != "around" and rng.random() < 0.2 else ("left", "right")[rng.integers(2)]
+            turn = "around" if prev_turn != "around" and rng.random() < around else ("left", "right")[rng.integers(2)]
             h = (h + {"left": -1, "right": 1, "around": 2}[turn]) % 4
             w.moves.append(("turn", turn))
             prev_turn, back = turn, turn == "around"
@@ -201,16 +202,18 @@ def poses(w, n_frames):
     return np.array(out)
 
 
-def make_world(rng, map_id, n_segments=None, n_landmarks=None, n_frames=64, size=112):
+def make_world(rng, map_id, n_segments=None, n_landmarks=None, n_frames=64, size=112, around=0.0):
     """Draw a map, route, landmarks and scenery for one video. Rejects draws where a landmark or the scenery
-    change would not be on screen in the sampled frames."""
-    K = int(n_segments or rng.integers(2, 5))
-    M = int(n_landmarks or rng.integers(1, 4))
-    if not 1 <= K <= 4 or not 1 <= M <= 3:
-        raise ValueError(f"route-len must be 1..4 (got {K}) and landmarks 1..3 (got {M})")
+    change would not be on screen in the sampled frames, and routes with fewer than two left/right turns (the
+    direction question's options mirror two of them)."""
+    K = int(n_segments or 3)
+    M = int(n_landmarks or rng.integers(1, 3))
+    if not 3 <= K <= 4 or not 1 <= M <= 3 or not 0 <= around < 1:
+        raise ValueError(f"route-len must be 3..4 (got {K}), landmarks 1..3 (got {M}) and around in [0, 1) "
+                         f"(got {around})")
     for _ in range(500):
-        w = _route(rng, K)
-        if w is None:
+        w = _route(rng, K, around)
+        if w is None or sum(m in (("turn", "left"), ("turn", "right")) for m in w.moves) < 2:
             continue
         w.map_id = map_id
         hosts = _through(w)
@@ -459,58 +462,36 @@ def contact_sheet(frames, n=8, cols=4, gap=2):
 
 # ----------------------------------------------------------------------------- questions
 
-def _distractors(truth, other, task, rng):
-    """Three near misses of `truth` (a projected event list): mirrored turn, swapped order, missing or extra
-    landmark, recoloured landmark, flipped scenery change, the other direction's answer (un-reversed)."""
-    cands = {}
-    add = lambda kind, ev: cands.setdefault(kind, []).append(tuple(ev))
-    flip = {"turn left": "turn right", "turn right": "turn left"}
-    turns = [i for i, e in enumerate(truth) if e in flip]
-    for i in turns:
-        add("mirror", truth[:i] + [flip[truth[i]]] + truth[i + 1:])
-    if len(turns) > 1:
-        add("mirror", [flip.get(e, e) for e in truth])
-    for i in range(len(truth) - 1):
-        if truth[i] != truth[i + 1]:
-            add("swap", truth[:i] + [truth[i + 1], truth[i]] + truth[i + 2:])
-    marks = [i for i, e in enumerate(truth) if e.startswith(("pass ", "see "))]
-    for i in marks:
-        add("missing", truth[:i] + truth[i + 1:])
-        if truth[i].startswith("see "):
-            a, b = truth[i][len("see the walls change from "):].split(" to ")
-            add("scenery", truth[:i] + [f"see the walls change from {b} to {a}"] + truth[i + 1:])
-        else:
-            colour, obj = truth[i][len("pass the "):].split(" ", 1)
-            for c in COLOURS:
-                if c != colour:
-                    add("colour", truth[:i] + [f"pass the {c} {obj}"] + truth[i + 1:])
-    if task != "direction":
-        for _ in range(3):
-            pos = int(rng.integers(len(truth) + 1))
-            extra = f"pass the {list(COLOURS)[rng.integers(len(COLOURS))]} {OBJECTS[rng.integers(len(OBJECTS))]}"
-            add("extra", truth[:pos] + [extra] + truth[pos:])
-    else:
-        for i in range(len(truth) + 1):
-            add("extra", truth[:i] + [("turn left", "turn right")[rng.integers(2)], "walk straight"] + truth[i:])
-        if truth[:1] == ["turn around"]:
-            add("missing", truth[1:])
-    if other != truth:
-        add("direction", other)  # answering the other way round: the error reverse thinking prevents
-        add("direction", list(reversed(truth)))
-    kinds = list(cands)
-    rng.shuffle(kinds)
-    out, seen = [], {tuple(truth)}
-    while len(out) < 3 and any(cands.values()):
-        for k in kinds:
-            pool = [c for c in cands[k] if c not in seen and c]
-            if pool and len(out) < 3:
-                c = pool[rng.integers(len(pool))]
-                out.append(list(c))
-                seen.add(c)
-            cands[k] = [c for c in cands[k] if c not in seen and c]
-    if len(out) < 3:
-        raise RuntimeError(f"only {len(out)} distractors for {truth}")
-    return out
+MIRROR = {"turn left": "turn right", "turn right": "turn left"}
+
+
+def _recolour(events, i, colour):
+    obj = events[i][len("pass the "):].split(" ", 1)[1]
+    return events[:i] + [f"pass the {colour} {obj}"] + events[i + 1:]
+
+
+def _mirror(events, i):
+    return events[:i] + [MIRROR[events[i]]] + events[i + 1:]
+
+
+def variants(fwd, task, rng):
+    """Four versions of the forward route, the true one first, that differ only in what the video shows: a
+    landmark's colour (4 values: landmark questions), both left/right turns mirrored or not (2 x 2: direction), one
+    turn x one landmark's colour (2 x 2: action). The four are symmetric: every version is as likely to be the true
+    one given the set (colours and turns are drawn uniformly, replacement colours are ones the route does not use),
+    so no option pattern gives the answer away without the video. The near misses used before (one edit of the
+    truth each) made the truth the set's centre, which a model could pick without looking."""
+    turns = [i for i, e in enumerate(fwd) if e in MIRROR]
+    marks = [i for i, e in enumerate(fwd) if e.startswith("pass the ")]
+    unused = [c for c in COLOURS if not any(e.startswith(f"pass the {c} ") for e in fwd)]
+    if task == "landmark":
+        i = marks[rng.integers(len(marks))]
+        return [fwd] + [_recolour(fwd, i, c) for c in rng.choice(unused, 3, replace=False)]
+    if task == "direction":
+        i, j = rng.choice(turns, 2, replace=False)
+        return [fwd, _mirror(fwd, i), _mirror(fwd, j), _mirror(_mirror(fwd, i), j)]
+    i, j, c = turns[rng.integers(len(turns))], marks[rng.integers(len(marks))], unused[rng.integers(len(unused))]
+    return [fwd, _mirror(fwd, i), _recolour(fwd, j, c), _recolour(_mirror(fwd, i), j, c)]
 
 
 def _cot(fwd, rev, reverse, tail):
@@ -556,12 +537,11 @@ def make_rows(w, video, seed, split, index):
                                                 f"Hence, the correct answer is {ans}")
                 solution = f"<think>{think}</think> <answer>{ans}</answer>"
             else:
-                truth = project(asked, task)
-                opts = _distractors(truth, project(fwd if reverse else rev, task), task, rng)
+                vs = [project(invert(v) if reverse else v, task) for v in variants(fwd, task, rng)]
+                truth, opts = vs[0], vs[1:]
                 ans = answer_letter(seed, split, g)
                 g += 1
-                slot = "ABCD".index(ans)
-                opts.insert(slot, truth)
+                opts.insert("ABCD".index(ans), truth)
                 options = {L: option_text(o) for L, o in zip("ABCD", opts)}
                 problem = q + " Options: " + ", ".join(f"{L}. {t}" for L, t in options.items()) + MCQ_INSTR
                 tail = f"{COMPARE[task]}: {', '.join(truth)}, which is option {ans}. Hence, the correct answer is {ans}."
@@ -575,10 +555,10 @@ def make_rows(w, video, seed, split, index):
 
 # ----------------------------------------------------------------------------- benches
 
-def world_for(seed, split, index, route_len=None, landmarks=None, frames=64, size=112):
+def world_for(seed, split, index, route_len=None, landmarks=None, frames=64, size=112, around=0.0):
     """The world of video `index` of a split: its own random stream, keyed by (seed, split, index)."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
-    return make_world(rng, f"{split}-s{seed}-{index:05d}", route_len, landmarks, frames, size)
+    return make_world(rng, f"{split}-s{seed}-{index:05d}", route_len, landmarks, frames, size, around)
 
 
 def render_video(w, frames=64, size=112):
@@ -587,8 +567,8 @@ def render_video(w, frames=64, size=112):
 
 
 def _job(args):
-    out_dir, seed, split, index, route_len, landmarks, frames, size, fps, video = args
-    w = world_for(seed, split, index, route_len, landmarks, frames, size)
+    out_dir, seed, split, index, route_len, landmarks, frames, size, fps, video, around = args
+    w = world_for(seed, split, index, route_len, landmarks, frames, size, around)
     rel = f"videos/{w.map_id}.mp4"
     if video:
         write_mp4(os.path.join(out_dir, rel), render_video(w, frames, size), fps)
@@ -596,7 +576,7 @@ def _job(args):
 
 
 def make_bench(out_dir, seed=0, n_videos=125, split="both", n_test=None, route_len=None, landmarks=None,
-               size=112, frames=64, fps=8, workers=None, progress=True, videos=True):
+               size=112, frames=64, fps=8, workers=None, progress=True, videos=True, around=0.0):
     """Write out_dir/{train,test}.jsonl and out_dir/videos/*.mp4 (8 questions per video); returns the JSONL
     paths by split. The train split gets n_videos; the test split n_test (default: n_videos // 4, at least 1, or
     n_videos when it is the only split written)."""
@@ -606,7 +586,8 @@ def make_bench(out_dir, seed=0, n_videos=125, split="both", n_test=None, route_l
         raise ValueError(f"split must be train, test or both, not {split!r}")
     counts = {"train": n_videos, "test": n_test or (max(1, n_videos // 4) if split == "both" else n_videos)}
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
-    jobs = [(out_dir, seed, s, i, route_len, landmarks, frames, size, fps, videos) for s in splits for i in range(counts[s])]
+    jobs = [(out_dir, seed, s, i, route_len, landmarks, frames, size, fps, videos, around)
+            for s in splits for i in range(counts[s])]
     rows = {s: [] for s in splits}
     workers = workers or min(2, os.cpu_count() or 1)
     bar = tqdm(total=len(jobs), desc="world videos", unit="video", disable=not progress)
@@ -638,8 +619,9 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=125, help="training videos (8 questions each)")
     ap.add_argument("--n-test", type=int, default=None, help="test videos (default n/4; n with --split test)")
     ap.add_argument("--split", default="both", choices=["train", "test", "both"])
-    ap.add_argument("--route-len", type=int, default=None, help="straight segments, 1-4 (default random 2-4)")
-    ap.add_argument("--landmarks", type=int, default=None, help="landmarks, 1-3 (default random 1-3)")
+    ap.add_argument("--route-len", type=int, default=None, help="straight segments, 3-4 (default 3)")
+    ap.add_argument("--landmarks", type=int, default=None, help="landmarks, 1-3 (default random 1-2)")
+    ap.add_argument("--around", type=float, default=0.0, help="probability that a turn is a U-turn (default 0)")
     ap.add_argument("--size", type=int, default=112)
     ap.add_argument("--frames", type=int, default=64, help="frames per video")
     ap.add_argument("--fps", type=int, default=8)
@@ -649,12 +631,12 @@ def main(argv=None):
     a = ap.parse_args(argv)
     t0 = time.time()
     paths = make_bench(a.out, a.seed, a.n, a.split, a.n_test, a.route_len, a.landmarks, a.size, a.frames, a.fps,
-                       a.workers)
+                       a.workers, around=a.around)
     n = sum(1 for p in paths.values() for _ in open(p))
     print(f"wrote {n} questions to {', '.join(paths.values())} in {time.time() - t0:.1f} s")
     if a.contact_sheet:
         s = "train" if "train" in paths else "test"
-        w = world_for(a.seed, s, a.contact_index, a.route_len, a.landmarks, a.frames, a.size)
+        w = world_for(a.seed, s, a.contact_index, a.route_len, a.landmarks, a.frames, a.size, a.around)
         write_png(a.contact_sheet, contact_sheet(render_video(w, a.frames, a.size)))
         print(f"contact sheet of {w.map_id} ({', '.join(route_events(w))}) -> {a.contact_sheet}")
 

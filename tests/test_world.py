@@ -134,6 +134,29 @@ def test_options_unique_balanced_and_solution_template(worlds):
     assert sum(letters.values()) == 72 and set(letters.values()) == {18}
 
 
+def test_options_give_nothing_away_without_the_video():
+    """Every option set is a symmetric design (one event with four values, or two events with two values each, all
+    four combinations), so the truth is not the set's centre: a text-only guess that picks the option most similar
+    to the others (the near-miss distractors of before made that the truth every time) stays at chance."""
+    from st_r1.rewards import seq_similarity
+    hits = n = 0
+    for i in range(60):
+        w = W.world_for(5, "train", i, frames=16)
+        for r in W.make_rows(w, "v.mp4", 5, "train", i):
+            if r["task"] == "route":
+                continue
+            opts = [W.parse_option(t) for t in r["options"].values()]
+            assert len({len(o) for o in opts}) == 1  # same events, same length: only values differ
+            diff = [k for k in range(len(opts[0])) if len({o[k] for o in opts}) > 1]
+            values = {tuple(o[k] for k in diff) for o in opts}
+            assert (len(diff) == 1 and len(values) == 4) or \
+                (len(diff) == 2 and all(len({v[j] for v in values}) == 2 for j in (0, 1)) and len(values) == 4), r
+            centre = max("ABCD", key=lambda L: round(sum(seq_similarity(W.parse_option(r["options"][L]), o) for o in opts), 6))
+            hits += centre == r["original_answer"]
+            n += 1
+    assert n == 360 and hits / n < 0.33, hits / n
+
+
 def test_turns_and_landmarks_visible_in_sampled_frames(worlds):
     for _, _, _, w in worlds[:8]:
         cams = W.poses(w, 64)

@@ -1,0 +1,354 @@
+"""Pretrain the tiny model into a base that sees: the stand-in for the pretrained, instruction-tuned Qwen-VL that
+ST-R1 starts from. Run once (resumable); the result is committed as models/tiny-base and loaded by default.
+
+    python bench/pretrain_base.py                      # ~2 h on 2 CPU cores; rerun the same command to resume
+    python bench/pretrain_base.py --export models/tiny-base   # write the latest checkpoint as the shipped base
+
+What it learns, with dense per-token targets (never the bench's questions, options or answers, and never its walks:
+the videos come from world seed 1000, the bench uses seed 0):
+- to narrate a walk forward ("I walk straight, then pass the red door, then turn left, ..."), on fresh walks;
+- a curriculum of easy renders first (as bench/see.py found necessary): close-ups of one landmark ("I see the red
+  door.") and one turn seen from the spot ("I turn left."), their share falling from 60% to --easy-floor over
+  --curriculum steps;
+- generic list skills with words that are not about walks, as an instruction-tuned model arrives with: which of
+  four lettered lists equals a given list (the four differ in one or two places), and reversing a list.
+Every --eval-every steps it reports, on held-out walks (world seed 1000's test split), the route rubric of its
+narrations with the true video and with another video's frames (the rubric's floor), close-up colour accuracy, and
+held-out generic matching accuracy; log.jsonl keeps them, curves.png plots them.
+"""
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from st_r1 import chat, cli, dist, scoring, tiny, video, world  # noqa: E402
+
+FRAMES = 16  # rendered per walk, as the main job writes its bench; 8 are sampled, as the readers sample them
+
+
+@dataclass
+class Pretrain:
+    """Pretrain the tiny Qwen2.5-VL on world descriptions and generic list skills."""
+    out: str = "runs/base"
+    steps: int = 6000
+    batch: int = 16              # video rows per step
+    text_batch: int = 16         # generic text rows per step
+    lr: float = 1e-3
+    warmup: int = 100
+    curriculum: int = 2000       # steps over which easy renders go from 60% to --easy-floor of the video rows
+    easy_floor: float = 0.1
+    hidden: int = 128
+    layers: int = 4
+    vision_hidden: int = 96
+    vision_depth: int = 2
+    pool: int = 6000             # walks rendered once and reused (fresh walks cost as much as a training step)
+    easy_pool: int = 3000        # close-ups and turns, each
+    world_seed: int = 1000       # the bench's world uses seed 0: no walk of its splits is ever seen here
+    eval_every: int = 250
+    eval_n: int = 64
+    save_every: int = 250
+    seed: int = 0
+    threads: int = 2
+    export: str = ""             # write the latest checkpoint's model (a Hugging Face folder) here, then stop
+
+
+# ----------------------------------------------------------------------------- data
+
+def sampled_frames(w):
+    """The 8 frames a reader samples from the walk's 16-frame video, rendered directly (no mp4 round trip)."""
+    cams = world.poses(w, FRAMES)[world.sample_positions(FRAMES)]
+    return np.stack([world.render(w, p)[0] for p in cams])
+
+
+def walk_item(seed, split, i):
+    w = world.world_for(seed, split, i, frames=FRAMES)
+    events = world.route_events(w)
+    return sampled_frames(w), "I " + ", then ".join(events) + ".", events
+
+
+def closeup_item(seed, i):
+    """One landmark filling the screen: the camera in its cell, facing its wall, drifting a little."""
+    rng = np.random.default_rng([seed, 5, i])
+    w = world.world_for(seed, "train", 100000 + i, frames=FRAMES)
+    L = w.landmarks[rng.integers(len(w.landmarks))]
+    (x, y), d = L["cell"], L["side"]
+    th0 = d * math.pi / 2 + rng.uniform(-0.35, 0.35)
+    back = rng.uniform(0.0, 0.3, 2)
+    poses = [(x + 0.5 - math.cos(th0) * b, y + 0.5 - math.sin(th0) * b, th0 + rng.uniform(-0.1, 0.1))
+             for b in np.linspace(back[0], back[1], 8)]
+    frames = np.stack([world.render(w, p)[0] for p in poses])
+    return frames, f"I see the {L['colour']} {L['object']}.", None
+
+
+def turn_item(seed, i):
+    """A quarter turn on the spot in a corridor, seen over the 8 frames."""
+    rng = np.random.default_rng([seed, 6, i])
+    w = world.world_for(seed, "train", 200000 + i, frames=FRAMES)
+    k = int(rng.integers(len(w.path) - 1))
+    (x, y), h = w.path[k], w.headings()[k]
+    side = ("left", "right")[rng.integers(2)]
+    th = h * math.pi / 2
+    t = np.linspace(0, 1, 8)
+    t = t * t * (3 - 2 * t)
+    frames = np.stack([world.render(w, (x + 0.5, y + 0.5, th + (-1 if side == "left" else 1) * math.pi / 2 * s))[0]
+                       for s in t])
+    return frames, f"I turn {side}.", None
+
+
+def make_pool(path, n, fn, workers=2):
+    """Render n items once into path.npz (frames uint8, targets); reused on resume."""
+    if os.path.exists(path):
+        z = np.load(path, allow_pickle=False)
+        return z["frames"], list(z["targets"])
+    from multiprocessing import get_context
+    from tqdm import tqdm
+    if workers > 1:
+        with get_context("spawn").Pool(workers) as p:
+            items = list(tqdm(p.imap(fn, range(n), chunksize=16), total=n, desc=os.path.basename(path)))
+    else:
+        items = [fn(i) for i in tqdm(range(n), desc=os.path.basename(path))]
+    frames = np.stack([f for f, _, _ in items])
+    targets = np.array([t for _, t, _ in items])
+    np.savez(path + ".tmp.npz", frames=frames, targets=targets)
+    os.replace(path + ".tmp.npz", path)
+    return frames, list(targets)
+
+
+# pool workers must be importable functions (spawn): bind the world seed through the module
+_SEED = [1000]
+def _walk(i): return walk_item(_SEED[0], "train", i)  # noqa: E704
+def _closeup(i): return closeup_item(_SEED[0], i)  # noqa: E704
+def _turn(i): return turn_item(_SEED[0], i)  # noqa: E704
+
+
+def list_item(rng):
+    """A generic list skill, text only: (prompt, target). Matching uses the world's option designs (one slot with
+    four values, or two slots with two), so the skill is the one the bench needs, on words that are not routes."""
+    def put(ws, i, v): return ws[:i] + [v] + ws[i + 1:]  # noqa: E306, E704
+    if rng.random() < 0.4:  # the easy case first learnt: short lists, and the one word that differs is unique
+        words = [tiny.WORDS[k] for k in rng.choice(len(tiny.WORDS), int(rng.integers(1, 4)), replace=False)]
+        i = int(rng.integers(len(words)))
+        others = [v for v in tiny.WORDS if v not in words]
+        opts = [words] + [put(words, i, others[k]) for k in rng.choice(len(others), 3, replace=False)]
+        return _lettered(words, opts, rng)
+    n = int(rng.integers(3, 8))
+    words = [tiny.WORDS[k] for k in rng.integers(len(tiny.WORDS), size=n)]
+    if rng.random() < 0.25:
+        return tiny.REVERSE.format(", ".join(words)), ", ".join(reversed(words)) + "."
+    if rng.random() < 0.5:
+        i = int(rng.integers(n))
+        others = [v for v in tiny.WORDS if v != words[i]]
+        opts = [words] + [put(words, i, others[k]) for k in rng.choice(len(others), 3, replace=False)]
+    else:
+        i, j = rng.choice(n, 2, replace=False)
+        a, b = (rng.choice([v for v in tiny.WORDS if v != words[k]]) for k in (i, j))
+        opts = [words, put(words, i, a), put(words, j, b), put(put(words, i, a), j, b)]
+    return _lettered(words, opts, rng)
+
+
+def _lettered(words, opts, rng):
+    """The matching prompt with the four options (the true one first in `opts`) in a random order, and its target."""
+    order = rng.permutation(4)
+    letter = "ABCD"[int(np.argmax(order == 0))]
+    # lower case (the bench capitalises an option's first word): the same word is then the same token in list and option
+    shown = ", ".join(f"{L}. {', '.join(opts[k])}" for L, k in zip("ABCD", order))
+    return tiny.MATCH.format(", ".join(words), shown), f"{', '.join(words)}, which is option {letter}."
+
+
+def encode(tok, prompt, target, frames=None):
+    """Chat-format ids and labels (-100 on the prompt), plus the video's patches when there are frames."""
+    ex = {}
+    n = 0
+    if frames is not None:
+        pv, grid = video.preprocess(frames, 56 * 56, 128 * 28 * 28)
+        # seconds per temporal patch as load_video computes it for the bench's videos: 8 of 16 frames at 8 fps
+        ex = dict(pixel_values_videos=pv, video_grid_thw=grid, second_per_grid_ts=2 / (8 / (FRAMES / 8)))
+        n = chat.num_video_tokens(grid)
+    ids = tok.encode(chat.prompt_text(prompt, n, instruction=""), add_special_tokens=False)
+    if target is None:
+        return dict(ex, input_ids=ids)
+    ans = chat.answer_ids(tok, target)
+    return dict(ex, input_ids=ids + ans, labels=[-100] * len(ids) + ans)
+
+
+def collate(examples, pad):
+    """Left-padded ids, mask, labels; the videos stacked when the rows have them."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), -100)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, width - n:] = torch.tensor(e["input_ids"])
+        mask[i, width - n:] = 1
+        if "labels" in e:
+            labels[i, width - n:] = torch.tensor(e["labels"])
+    out = dict(input_ids=ids, attention_mask=mask)
+    if "pixel_values_videos" in examples[0]:
+        out.update(pixel_values_videos=torch.cat([e["pixel_values_videos"] for e in examples]),
+                   video_grid_thw=torch.cat([e["video_grid_thw"] for e in examples]),
+                   second_per_grid_ts=torch.tensor([e["second_per_grid_ts"] for e in examples]))
+    return out, labels
+
+
+def lm_loss(model, batch, labels, upweight=(), factor=5.0):
+    """Mean cross-entropy over the target tokens; tokens in `upweight` (the option letters: one decision in a
+    target that is otherwise mostly copied) count `factor` times."""
+    logits = model(**batch).float()
+    y = labels[:, 1:].flatten()
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), y, ignore_index=-100, reduction="none")
+    w = (y != -100).float() * (1 + (factor - 1) * torch.isin(y, torch.tensor(list(upweight), dtype=y.dtype)))
+    return (ce * w).sum() / w.sum()
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def greedy(model, tok, examples, max_new=64):
+    from st_r1.generate import generate
+    batch, _ = collate(examples, tok.pad_token_id)
+    g = generate(model, max_new_tokens=max_new, eos_token_ids=chat.end_of_turn_ids(tok), pad_token_id=tok.pad_token_id,
+                 **batch)
+    return [tok.decode(t[m], skip_special_tokens=True).strip() for t, m in zip(g.tokens, g.mask)]
+
+
+def describe_score(texts, events):
+    """Mean route rubric (0-5) of narrations against the true forward route."""
+    return float(np.mean([scoring.rubric(t, ", then ".join(ev), True)["score"] for t, ev in zip(texts, events)]))
+
+
+def evaluate(model, tok, held, n):
+    """Held-out: narration rubric (true video / another video's frames), close-up colour, generic matching."""
+    model.eval()
+    frames, _, events = held["walks"]
+    rows = [encode(tok, tiny.NARRATE, None, f) for f in frames[:n]]
+    other = [encode(tok, tiny.NARRATE, None, frames[(i + 1) % n]) for i in range(n)]
+    out = {}
+    for name, ex in (("describe_other_video", other), ("describe", rows)):
+        texts = sum((greedy(model, tok, ex[i:i + 32]) for i in range(0, n, 32)), [])
+        out[name] = describe_score(texts, events[:n])
+    out["describe_example"] = texts[0]
+    out["turns_right"] = float(np.mean([[e for e in ev if e.startswith("turn")] ==
+                                        [f"turn {w.strip('.,')}" for w, p in zip(t.split()[1:], t.split()) if p == "turn"]
+                                        for t, ev in zip(texts, events[:n])]))
+    cf, ct = held["closeups"]
+    said = sum((greedy(model, tok, [encode(tok, tiny.LOOK, None, f) for f in cf[i:i + 32]], 8)
+                for i in range(0, n, 32)), [])
+    out["closeup_colour"] = float(np.mean([s.split()[3:4] == t.split()[3:4] for s, t in zip(said, ct[:n])]))
+    rng = np.random.default_rng(12345)
+    items = [list_item(rng) for _ in range(4 * n)]
+    items = [(p, t) for p, t in items if "which is option" in t][:n]
+    said = sum((greedy(model, tok, [encode(tok, p, None) for p, _ in items[i:i + 32]], 48)
+                for i in range(0, len(items), 32)), [])
+    out["match"] = float(np.mean([s.endswith(t[-2:]) for s, (_, t) in zip(said, items)]))
+    model.train()
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+
+def export(cfg):
+    from st_r1.model import VideoLM
+    src = dist.latest_model(cfg.out)
+    if src is None:
+        raise SystemExit(f"{cfg.out}: no checkpoint to export")
+    model = VideoLM.from_pretrained(src, dtype=torch.float32)  # fp32: every stage trains it (5 MB)
+    model.save_pretrained(cfg.export)
+    from transformers import AutoTokenizer
+    AutoTokenizer.from_pretrained(src, local_files_only=True).save_pretrained(cfg.export)
+    import shutil
+    shutil.copy(os.path.join(cfg.out, "init", "generation_config.json"), cfg.export)
+    print(f"exported {src} -> {cfg.export}")
+
+
+def main(cfg):
+    if cfg.export:
+        return export(cfg)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    os.makedirs(cfg.out, exist_ok=True)
+    _SEED[0] = cfg.world_seed
+    from st_r1.model import VideoLM
+    init = os.path.join(cfg.out, "init")
+    if not os.path.exists(os.path.join(init, "model.safetensors")):
+        tiny.write_tiny_model(init, seed=cfg.seed, hidden=cfg.hidden, layers=cfg.layers,
+                              vision_hidden=cfg.vision_hidden, vision_depth=cfg.vision_depth)
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(init, local_files_only=True)
+    model = VideoLM.from_pretrained(init)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    sched = dist.cosine_schedule(opt, cfg.warmup, cfg.steps, 0.1)
+    state = dist.load_checkpoint(cfg.out, model, opt, sched)
+    step = state["step"] if state else 0
+    log = os.path.join(cfg.out, "log.jsonl")
+    if os.path.exists(log):  # records past the checkpoint we resume from are redone: drop them
+        with open(log) as f:
+            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        with open(log + ".tmp", "w") as f:
+            f.writelines(keep)
+        os.replace(log + ".tmp", log)
+    with open(os.path.join(cfg.out, "config.json"), "w") as f:
+        json.dump(asdict(cfg), f, indent=1)
+
+    t0 = time.time()
+    walks = make_pool(os.path.join(cfg.out, "walks.npz"), cfg.pool, _walk, cfg.threads)
+    closeups = make_pool(os.path.join(cfg.out, "closeups.npz"), cfg.easy_pool, _closeup, cfg.threads)
+    turns = make_pool(os.path.join(cfg.out, "turns.npz"), cfg.easy_pool, _turn, cfg.threads)
+    held_walks = [walk_item(cfg.world_seed, "test", i) for i in range(cfg.eval_n)]
+    held = {"walks": (np.stack([f for f, _, _ in held_walks]), [t for _, t, _ in held_walks],
+                      [e for _, _, e in held_walks]),
+            "closeups": tuple(zip(*[closeup_item(cfg.world_seed + 1, i)[:2] for i in range(cfg.eval_n)]))}
+    print(f"data ready in {time.time() - t0:.0f} s: {len(walks[1])} walks, {len(closeups[1])} close-ups, "
+          f"{len(turns[1])} turns; from step {step}", flush=True)
+
+    letters = [tok.encode(" " + L, add_special_tokens=False)[0] for L in "ABCD"]
+    from tqdm import tqdm
+    bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", dynamic_ncols=True)
+    model.train()
+    while step < cfg.steps:
+        t1 = time.perf_counter()
+        rng = np.random.default_rng([cfg.seed, step])  # the data of a step depends on the step only (resume)
+        easy = 0.6 - (0.6 - cfg.easy_floor) * min(1.0, step / max(1, cfg.curriculum))
+        ex = []
+        for _ in range(cfg.batch):
+            src = walks if rng.random() >= easy else (closeups if rng.random() < 0.5 else turns)
+            k = int(rng.integers(len(src[1])))
+            ex.append(encode(tok, {id(walks): tiny.NARRATE, id(closeups): tiny.LOOK, id(turns): tiny.TURN}[id(src)],
+                             str(src[1][k]), src[0][k]))
+        batch, labels = collate(ex, tok.pad_token_id)
+        loss_v = lm_loss(model, batch, labels)
+        batch, labels = collate([encode(tok, *list_item(rng)) for _ in range(cfg.text_batch)], tok.pad_token_id)
+        loss_t = lm_loss(model, batch, labels, letters)
+        opt.zero_grad(set_to_none=True)
+        (loss_v + loss_t).backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if not torch.isfinite(gn):
+            raise FloatingPointError(f"non-finite gradient at step {step}; the last checkpoint in {cfg.out} is intact")
+        opt.step()
+        sched.step()
+        step += 1
+        rec = dict(step=step, loss_video=loss_v.item(), loss_text=loss_t.item(), lr=sched.get_last_lr()[0],
+                   easy=easy, step_s=time.perf_counter() - t1)
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            rec.update(evaluate(model, tok, held, cfg.eval_n))
+            tqdm.write(json.dumps(rec))
+        with open(log, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        bar.set_postfix(video=f"{loss_v.item():.3f}", text=f"{loss_t.item():.3f}")
+        bar.update(1)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            dist.save_checkpoint(cfg.out, step, model, opt, sched, dict(step=step), tokenizer=tok)
+    bar.close()
+    print(f"done: {dist.latest_model(cfg.out)}; export with --export models/tiny-base")
+
+
+if __name__ == "__main__":
+    main(cli.parse(Pretrain))
