@@ -248,8 +248,18 @@ def default_bench(opt):
     return bench
 
 
+def validate(opt):
+    """Refuse flag values that would crash later, naming the flag."""
+    cli.check(opt.batch_size >= 1, "batch_size", f"must be >= 1, got {opt.batch_size}")
+    cli.check(opt.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {opt.max_new_tokens}")
+    cli.check(opt.num_frames >= 1, "num_frames", f"must be >= 1, got {opt.num_frames}")
+    cli.check(opt.limit >= 0 and opt.max_seq_len >= 0, "limit", "and --max-seq-len must be >= 0")
+    cli.check(opt.judge_timeout > 0, "judge_timeout", f"must be > 0, got {opt.judge_timeout}")
+
+
 def main(opt):
     from st_r1 import data
+    validate(opt)
     if not opt.bench:
         opt.bench = default_bench(opt)
     elif os.path.isdir(opt.bench):  # a bench folder, as train_sft.py / train_grpo.py take it: score its test split

@@ -50,7 +50,7 @@ class Config:
     num_frames: int = 8
     min_pixels: int = 56 * 56
     max_pixels: int = 128 * 28 * 28
-    max_seq_len: int = 0           # rows with more prompt tokens (video included) give way to the next row; 0: the model's
+    max_seq_len: int = 0           # longer prompts (video included) give way to the next row; 0: the model's context
     freeze_vision: bool = False
     parallel: str = "ddp"
     eval_every: int = 0
@@ -161,7 +161,8 @@ def main(cfg):
                            cfg.micro_batch, cfg.max_grad_norm)
 
     enc = data.PromptEncoder(tok, cfg.video_root or os.path.dirname(train_file), cfg.num_frames, cfg.min_pixels,
-                             cfg.max_pixels, model.spatial_merge_size, max_len=data.context_limit(model_dir, cfg.max_seq_len))
+                             cfg.max_pixels, model.spatial_merge_size,
+                             max_len=data.context_limit(model_dir, cfg.max_seq_len))
     state = dist.load_checkpoint(cfg.out, policy, opt, sched, cfg.resume_from or None) if cfg.resume else None
     step, skipped, skip_examples = resumed_counts(state)
     if d.is_main:

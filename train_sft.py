@@ -39,7 +39,7 @@ class Config:
     num_frames: int = 8
     min_pixels: int = 56 * 56
     max_pixels: int = 128 * 28 * 28
-    max_seq_len: int = 0           # rows with more tokens (video included) are skipped and counted; 0: the model's context
+    max_seq_len: int = 0           # longer rows (video included) are skipped and counted; 0: the model's context
     freeze_vision: bool = False
     grad_checkpoint: bool = False
     lora_r: int = 0                # > 0: LoRA adapters of this rank on the decoder's attention, merged on save

@@ -5,7 +5,8 @@ Checkpoint layout, run_dir/ckpt-{step:08d}/ (no pickle anywhere: safetensors + J
   lora.safetensors       only with LoRA: adapters A, B and the unmerged base weights, for exact resume
   optimizer.safetensors  optimizer tensors, keyed "<param fqn>/<state name>"
   optimizer.json         param_groups (params named by fqn) and non-tensor state
-  scheduler.json, extra.json (caller's dict: data position, metrics), meta.json (step, world size)
+  scheduler.json, extra.json (caller's dict: data position, metrics), meta.json (step, world size, and a sha256
+  of every other file, checked by load_checkpoint: a flipped byte is named, not trained on)
   rng-rank{r}.safetensors / .json   torch (CPU, CUDA) and python / numpy RNG of every rank
 The directory is built as run_dir/.tmp-ckpt-*, renamed into place, then run_dir/latest is replaced.
 
@@ -448,19 +449,21 @@ def load_checkpoint(run_dir, model, optimizer=None, scheduler=None, path=None):
         raise runs.CheckpointError(f"{path}: no such checkpoint folder")
     older = [c for c in list_checkpoints(os.path.dirname(os.path.abspath(path)))
              if os.path.basename(c) < os.path.basename(path)]
-    previous = older[-1] if older else None
     try:
-        runs.verify(path, previous)
+        runs.verify(path)
         sd = _load_model_sd(model, os.path.join(path, "model"))
         lora_file = os.path.join(path, "lora.safetensors")
         if os.path.isfile(lora_file):
             sd.update(load_file(lora_file))
+    except runs.CheckpointError as e:
+        raise runs.CheckpointError(f"{e}" + runs.offer_previous(older)) from None
     except (OSError, ValueError) as e:  # SafetensorError is not one: see below
-        raise runs.CheckpointError(f"{path}: cannot be loaded ({e})" + runs.offer_previous(previous)) from None
+        raise runs.CheckpointError(f"{path}: cannot be loaded ({e})" + runs.offer_previous(older)) from None
     except Exception as e:
         if type(e).__name__ != "SafetensorError":
             raise
-        raise runs.CheckpointError(f"{path}: a safetensors file cannot be read ({e})" + runs.offer_previous(previous)) from None
+        raise runs.CheckpointError(f"{path}: a safetensors file cannot be read ({e})"
+                                   + runs.offer_previous(older)) from None
     if isinstance(model, FSDPModule):
         # every rank holds the full state; each copies its own shard out of it
         set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True))

@@ -62,22 +62,28 @@ def hash_files(ckpt):
     return dict(sorted(out.items()))
 
 
-def verify(ckpt, previous=None):
-    """Check every file of a checkpoint against the hashes in its meta.json; a mismatch names the file and the
-    previous checkpoint to resume from instead. Checkpoints written before hashes were kept pass unchecked."""
+def verify(ckpt):
+    """Check every file of a checkpoint against the sha256 in its meta.json; raise CheckpointError naming the first
+    that differs. Checkpoints written before hashes were kept pass unchecked."""
     try:
         with open(os.path.join(ckpt, "meta.json")) as f:
             want = json.load(f).get("files")
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{ckpt}/meta.json: unreadable ({e})" + offer_previous(previous)) from None
+        raise CheckpointError(f"{ckpt}/meta.json: unreadable ({e})") from None
     for rel, sha in (want or {}).items():
         path = os.path.join(ckpt, rel)
         if not os.path.isfile(path):
-            raise CheckpointError(f"{path}: missing from the checkpoint" + offer_previous(previous))
+            raise CheckpointError(f"{path}: missing from the checkpoint")
         if _sha256(path) != sha:
-            raise CheckpointError(f"{path}: corrupt (its sha256 differs from the one saved with it)" + offer_previous(previous))
+            raise CheckpointError(f"{path}: corrupt (its sha256 differs from the one saved with it)")
 
 
-def offer_previous(previous):
-    return (f"; the previous checkpoint is intact: --resume-from {previous}" if previous else
-            "; no earlier checkpoint is kept: start again with a fresh --out")
+def offer_previous(older):
+    """What to say after a bad checkpoint: the newest of the `older` ones that verifies, to resume from."""
+    for ckpt in reversed(older):
+        try:
+            verify(ckpt)
+        except CheckpointError:
+            continue
+        return f"; the previous checkpoint is intact: --resume-from {ckpt}"
+    return "; no intact earlier checkpoint is kept: start again with a fresh --out"

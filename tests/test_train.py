@@ -83,11 +83,15 @@ def test_sft_fsdp_two_ranks_equal_one_process(tiny, tmp_path):
 def test_sft_killed_and_resumed_equals_unbroken(tiny, tmp_path):
     args = SFT[:1] + [4] + SFT[2:] + ["--save-every", 2]
     assert run("train_sft.py", common(tiny, tmp_path / "a") + args).returncode == 0
-    p = run("train_sft.py", common(tiny, tmp_path / "b") + args, env={"ST_R1_CKPT_CRASH": "step:3"})
-    assert p.returncode == 17, p.stderr[-2000:]  # died after step 3; the step-2 checkpoint is what remains
+    p = run("train_sft.py", common(tiny, tmp_path / "b") + args, env={"ST_R1_CKPT_CRASH": "step:4"})
+    assert p.returncode == 17, p.stderr[-2000:]  # died after step 4, before its save; ckpt 2 is what remains
     assert open(tmp_path / "b" / "latest").read().strip() == "ckpt-00000002"
+    assert [r["step"] for r in log(tmp_path / "b")] == [1, 2, 3]
+    p = run("train_sft.py", common(tiny, tmp_path / "b") + args)  # without --resume: refused, nothing changed
+    assert p.returncode == 2 and "holds an earlier run" in p.stderr and len(log(tmp_path / "b")) == 3
     p = run("train_sft.py", common(tiny, tmp_path / "b") + args + ["--resume"])
     assert p.returncode == 0, p.stderr[-3000:]
+    assert [r["step"] for r in log(tmp_path / "b")] == [1, 2, 3, 4]  # step 3 redone and logged once (item 15)
     wa, wb = final(tmp_path / "a"), final(tmp_path / "b")
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-6), k
