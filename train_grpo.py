@@ -114,7 +114,7 @@ def validate(cfg, world_size):
     cli.check(cfg.temperature > 0 and 0 < cfg.top_p <= 1, "temperature", "must be > 0 and --top-p in (0, 1]")
     cli.check(cfg.lr > 0 and cfg.beta >= 0 and cfg.num_iterations >= 1, "lr", "must be > 0, --beta >= 0 and "
               "--num-iterations >= 1")
-    cli.check(cfg.adv_scale in ("group", "batch", "none"), "adv_scale", f"must be group, batch or none")
+    cli.check(cfg.adv_scale in ("group", "batch", "none"), "adv_scale", "must be group, batch or none")
     cli.check(cfg.loss_agg in ("seq_mean", "token_mean", "constant"), "loss_agg", "must be seq_mean, token_mean "
               "or constant")
     cli.check(cfg.num_frames >= 1 and 0 < cfg.min_pixels <= cfg.max_pixels, "num_frames", "must be >= 1 and "
@@ -130,7 +130,7 @@ def main(cfg):
     d = dist.setup()
     validate(cfg, d.world_size)
     cfg.resume = cfg.resume or bool(cfg.resume_from)
-    runs.refuse_mixing(cfg.out, cfg.resume)
+    runs.refuse_mixing(cfg.out, cfg.resume)  # before anything is loaded or written
     dist.seed_everything(cfg.seed, d.rank)
     if not cfg.model and dist.latest_model("runs/sft"):
         cfg.model = dist.latest_model("runs/sft")  # the default chain: SFT, then GRPO

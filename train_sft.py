@@ -103,16 +103,11 @@ def validate(cfg, world_size):
     cli.check(cfg.parallel in ("ddp", "fsdp", "none"), "parallel", f"must be ddp, fsdp or none, got {cfg.parallel!r}")
 
 
-def start(cfg, d):
-    """Flags, then the run folder: refuse to mix two runs; with --resume-from, that checkpoint."""
-    validate(cfg, d.world_size)
-    cfg.resume = cfg.resume or bool(cfg.resume_from)
-    runs.refuse_mixing(cfg.out, cfg.resume)
-
-
 def main(cfg):
     d = dist.setup()
-    start(cfg, d)
+    validate(cfg, d.world_size)
+    cfg.resume = cfg.resume or bool(cfg.resume_from)
+    runs.refuse_mixing(cfg.out, cfg.resume)  # before anything is loaded or written
     dist.seed_everything(cfg.seed, d.rank)
     model_dir, train_file, eval_file = data.resolve_defaults(cfg, is_main=d.is_main)
     # the rows first: a typo in the data costs seconds, not the minutes of loading a 7B checkpoint
@@ -157,7 +152,7 @@ def main(cfg):
         mine = global_rows[d.rank::d.world_size]
         examples, bad = data.encode_rows(enc, mine, "encode_sft", skip_bad=True, log=lambda m: None)
         skip_examples += [f"{train_file}:{ln}: {why}" for ln, why in bad][:5 - len(skip_examples)]
-        # one collective for the counts: skipped and kept rows, answer tokens, micro-batches of each rank
+        # one collective for the counts over all ranks: skipped rows, kept rows, answer tokens
         n_chunks_mine = -(-len(examples) // cfg.micro_batch)
         n_bad, n_good, n_tokens = (int(x) for x in dist.all_reduce_sum(torch.tensor(
             [len(bad), len(examples), sum(sum(1 for x in e["labels"][1:] if x != -100) for _, e in examples)],
@@ -165,7 +160,7 @@ def main(cfg):
         skipped += n_bad
         if n_good == 0:
             raise data.DataError(f"step {step}: none of the {len(global_rows)} rows of the batch has a readable "
-                                 f"video on any rank ({skipped} rows skipped so far, e.g. "
+                                 f"video (that fits the context) on any rank ({skipped} rows skipped so far, e.g. "
                                  f"{(skip_examples or ['?'])[0]}); no model was trained past this point")
         # Every rank must make the same number of forward/backward passes (DDP all-reduces on the last one, FSDP2
         # gathers in every one): a rank with fewer readable rows pads with zero-weight passes of a blank input.
