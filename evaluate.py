@@ -6,9 +6,12 @@
 
 Predictions JSONL, one object a line: {"index": i, "prediction": "<think>...</think> <answer>B</answer>"} with i the
 0-based position of the row in the bench (blank lines not counted), or bench rows carrying a "prediction" key (then
-the line's position is its index). A bench row with no prediction counts as wrong. With --model, each prediction is
-appended and flushed as soon as it is made, so a run that is stopped resumes where it stopped (indices already in the
-file are skipped; a half-written last line is dropped).
+the line's position is its index; "index" on every line or on none). A bench row with no prediction counts as wrong;
+two predictions for one row are an error. With --model, each prediction is appended and flushed as soon as it is
+made, so a run that is stopped resumes where it stopped (indices already in the file are skipped; a last line that
+does not parse, a write cut short, is removed, and said so). A row whose video cannot be read is written as
+{"index": i, "error": why}: wrong now, retried by the next run. PATH.meta.json records what made the file (model and
+weights hash, bench hash, frames, pixels, max new tokens, prompt); --model refuses to add to a file made otherwise.
 """
 import json
 import os
@@ -16,6 +19,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 from st_r1 import cli, scoring
+from st_r1.data import DataError
 
 
 @dataclass
@@ -35,46 +39,63 @@ class Options:
     judge_model: str = "judge"
     judge_timeout: float = 60.0   # seconds per judge request; its API key, if any, is read from $JUDGE_API_KEY
     progress: bool = True
+    max_seq_len: int = 0          # most tokens of a prompt (video included); 0: the model's max_position_embeddings
+    force_new: bool = False       # with --model: discard the predictions file (made by another set-up) and start over
 
 
-def read_predictions(path, n_rows, repair_tail=False):
-    """{index: text} from a predictions JSONL. A bad line is an error naming path:line, except a broken LAST line
-    when repair_tail (an interrupted writer): it is cut off the file so appending can resume."""
-    out = {}
+def read_predictions(path, n_rows, repair_tail=False, limit=None, errors=None):
+    """{index: text} from a predictions JSONL; indices >= limit (--limit) are ignored. Lines {"index": i, "error":
+    why} (a row our model could not read) are not predictions: they go to `errors` and a rerun retries them.
+    A bad line is a DataError naming path:line. Only a LAST line that does not parse, with repair_tail, is taken
+    for an interrupted write of ours: it is cut off the file, and the cut is reported."""
+    out, seen = {}, {}
     if not os.path.exists(path):
         return out
     with open(path, "rb") as f:
         data = f.read()
     lines = data.split(b"\n")
-    pos, position = 0, 0
+    pos, position, keyed = 0, 0, None
     for lineno, raw in enumerate(lines, 1):
         last = lineno == len(lines)
         if raw.strip():
             try:
                 obj = json.loads(raw)
-                if not isinstance(obj, dict) or not isinstance(obj.get("prediction"), str):
-                    raise ValueError('expected an object with a string "prediction"')
-                i = obj.get("index", position)
-                if not isinstance(i, int) or not 0 <= i < n_rows:
-                    raise ValueError(f"index {i!r} is not a bench position (bench has {n_rows} rows)")
-                if last and not data.endswith(b"\n") and repair_tail:
-                    raise ValueError("unterminated last line")  # written in part: redo it
-            except ValueError as e:  # json.JSONDecodeError is a ValueError
+            except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
                 if last and repair_tail:
-                    print(f"{path}:{lineno}: dropping the half-written last line", file=sys.stderr)
+                    print(f"{path}:{lineno}: the last line does not parse (an interrupted write): removed it from "
+                          f"the file to redo that prediction", file=sys.stderr)
                     with open(path, "r+b") as f:
                         f.truncate(pos)
                     break
-                raise ValueError(f"{path}:{lineno}: {e}") from None
-            out[i] = obj["prediction"]
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e})") from None
+            if not isinstance(obj, dict) or not (isinstance(obj.get("prediction"), str)
+                                                 or isinstance(obj.get("error"), str)):
+                raise DataError(f'{path}:{lineno}: expected an object with a string "prediction" (or "error")')
+            if keyed is None:
+                keyed = "index" in obj
+            if keyed != ("index" in obj):  # a positional line and an indexed one could name the same row
+                raise DataError(f'{path}:{lineno}: some lines have an "index" and some do not; give it on every line')
+            i = obj.get("index", position)
+            if type(i) is not int or not 0 <= i < n_rows:  # type(): True is not row 1
+                raise DataError(f"{path}:{lineno}: index {i!r} is not a bench position (bench has {n_rows} rows)")
             position += 1
+            if "prediction" in obj and isinstance(obj["prediction"], str):
+                if i in out:
+                    raise DataError(f"{path}:{lineno}: index {i} already has a prediction (line {seen[i]})")
+                if limit is None or i < limit:
+                    out[i], seen[i] = obj["prediction"], lineno
+                    if errors is not None:
+                        errors.pop(i, None)
+            elif errors is not None and i not in out and (limit is None or i < limit):
+                errors[i] = obj["error"]
         pos += len(raw) + 1
     return out
 
 
-def predict(model, tok, rows, enc, batch_size=8, max_new_tokens=256, on_prediction=None, progress=False):
-    """Greedy replies of our model for rows (list of str, aligned). on_prediction(i, text) is called for each as
-    soon as its batch is decoded. A row whose video cannot be read gets "" (wrong) and a message."""
+def predict(model, tok, rows, enc, batch_size=8, max_new_tokens=256, on_prediction=None, progress=False, source="row"):
+    """Greedy replies of our model for rows (list of str, aligned). on_prediction(i, text, error=None) is called for
+    each as soon as its batch is decoded. A row whose video cannot be read gets None (wrong), a message, and
+    on_prediction(i, None, error=why), so that a rerun retries it."""
     import torch
     from tqdm import tqdm
 
@@ -93,11 +114,10 @@ def predict(model, tok, rows, enc, batch_size=8, max_new_tokens=256, on_predicti
             try:
                 encoded.append(enc.encode(rows[i]))
                 idx.append(i)
-            except VideoError as e:
-                print(f"row {i}: {e}; counted as wrong", file=sys.stderr)
-                out[i] = ""
+            except (VideoError, data.TooLong) as e:
+                print(f"{source}:{rows[i].get('_line', i + 1)}: {e}; counted as wrong", file=sys.stderr)
                 if on_prediction:
-                    on_prediction(i, "")
+                    on_prediction(i, None, error=str(e))
         if encoded:
             batch = {k: v.to(device) for k, v in data.collate_prompts(encoded, pad).items()}
             with torch.no_grad():
@@ -120,25 +140,95 @@ def load_ours(opt):
 
     tok = data.load_tokenizer(opt.model)
     model = VideoLM.from_pretrained(opt.model).eval()
-    enc = data.PromptEncoder(tok, video_root=opt.video_root or os.path.dirname(os.path.abspath(opt.bench)),
-                             num_frames=opt.num_frames)
+    enc = data.PromptEncoder(tok, video_root=video_root(opt), num_frames=opt.num_frames,
+                             max_len=data.context_limit(opt.model, opt.max_seq_len))
     return model, tok, enc
 
 
-def make_predictions(opt, rows, path):
-    """Run our model on the rows not yet in `path`, appending each prediction to it (flushed)."""
-    done = read_predictions(path, len(rows), repair_tail=True)
+def video_root(opt):
+    return opt.video_root or os.path.dirname(os.path.abspath(opt.bench))
+
+
+def file_hash(paths):
+    """sha256 over the bytes of the files, in order (1 GB/s: seconds even for a 7B checkpoint)."""
+    import hashlib
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            h.update(hashlib.file_digest(f, "sha256").digest())
+    return h.hexdigest()
+
+
+def provenance(opt):
+    """What made a predictions file: another model, bench, video set-up or decoding makes other predictions."""
+    from st_r1 import chat
+    from st_r1.video import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS
+    weights = sorted(f for f in os.listdir(opt.model) if f.endswith(".safetensors")) if os.path.isdir(opt.model) else []
+    return dict(model=os.path.abspath(opt.model),
+                weights_sha256=file_hash([os.path.join(opt.model, f) for f in weights]),
+                bench=os.path.abspath(opt.bench), bench_sha256=file_hash([opt.bench]),
+                video_root=os.path.abspath(video_root(opt)), num_frames=opt.num_frames,
+                min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS, max_new_tokens=opt.max_new_tokens,
+                max_seq_len=opt.max_seq_len,
+                protocol="greedy; prompt " + file_hash_text(chat.prompt_text("{question}", 1)))
+
+
+def file_hash_text(text):
+    import hashlib
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_provenance(opt, path):
+    """A predictions file that --model appends to must have been made by the same set-up (its sidecar
+    PATH.meta.json says by what); anything else is refused, so scores never mix two models' predictions."""
+    meta_path, now = path + ".meta.json", provenance(opt)
+    has_lines = os.path.exists(path) and os.path.getsize(path) > 0
+    if opt.force_new and os.path.exists(path):
+        print(f"--force-new: starting over, removing {path} ({os.path.getsize(path)} bytes)")
+        os.remove(path)
+        has_lines = False
+    if has_lines:
+        if not os.path.exists(meta_path):
+            raise cli.UserError(f"{path} holds predictions of unknown origin (no {meta_path}): --model will not add "
+                                f"to them. Score it alone (--predictions, no --model), give another --predictions "
+                                f"or --out, or start over with --force-new")
+        with open(meta_path, encoding="utf-8") as f:
+            then = json.load(f)
+        diff = [f"{k}: {then.get(k)!r} (in the file) vs {v!r} (now)" for k, v in now.items() if then.get(k) != v]
+        if diff:
+            raise cli.UserError(f"{path} was made by another set-up: " + "; ".join(diff) + ". Give another "
+                                f"--predictions or --out, or start over with --force-new")
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(meta_path, "w", encoding="utf-8") as f:
+        json.dump(now, f, indent=1)
+
+
+def make_predictions(opt, rows, path, n_bench):
+    """Run our model on the rows not yet in `path`, appending each prediction to it (flushed). Rows whose video
+    could not be read are written as {"index", "error"} lines and retried by the next run."""
+    check_provenance(opt, path)
+    done = read_predictions(path, n_bench, repair_tail=True, limit=len(rows))
     todo = [i for i in range(len(rows)) if i not in done]
     print(f"{len(done)} predictions already in {path}, {len(todo)} to make with {opt.model}")
     if not todo:
         return
     model, tok, enc = load_ours(opt)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if os.path.exists(path) and os.path.getsize(path):
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            unterminated = f.read(1) != b"\n"
+        if unterminated:  # a whole last line without its newline: end it before appending
+            print(f"{path}: added the missing newline at the end before appending", file=sys.stderr)
+            with open(path, "ab") as f:
+                f.write(b"\n")
     with open(path, "a", encoding="utf-8") as f:
-        def write(j, text):
-            f.write(json.dumps({"index": todo[j], "prediction": text}, ensure_ascii=False) + "\n")
+        def write(j, text, error=None):
+            rec = {"index": todo[j], "prediction": text} if error is None else {"index": todo[j], "error": error}
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
-        predict(model, tok, [rows[i] for i in todo], enc, opt.batch_size, opt.max_new_tokens, write, opt.progress)
+        predict(model, tok, [rows[i] for i in todo], enc, opt.batch_size, opt.max_new_tokens, write, opt.progress,
+                source=opt.bench)
 
 
 def default_bench(opt):
@@ -158,8 +248,18 @@ def default_bench(opt):
     return bench
 
 
+def validate(opt):
+    """Refuse flag values that would crash later, naming the flag."""
+    cli.check(opt.batch_size >= 1, "batch_size", f"must be >= 1, got {opt.batch_size}")
+    cli.check(opt.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {opt.max_new_tokens}")
+    cli.check(opt.num_frames >= 1, "num_frames", f"must be >= 1, got {opt.num_frames}")
+    cli.check(opt.limit >= 0 and opt.max_seq_len >= 0, "limit", "and --max-seq-len must be >= 0")
+    cli.check(opt.judge_timeout > 0, "judge_timeout", f"must be > 0, got {opt.judge_timeout}")
+
+
 def main(opt):
     from st_r1 import data
+    validate(opt)
     if not opt.bench:
         opt.bench = default_bench(opt)
     elif os.path.isdir(opt.bench):  # a bench folder, as train_sft.py / train_grpo.py take it: score its test split
@@ -167,21 +267,28 @@ def main(opt):
     if not opt.model and not opt.predictions:
         sys.exit("evaluate.py: give --predictions P.jsonl (any model's replies) or --model DIR (ours)")
     rows = data.load_rows(opt.bench)
+    n_bench = len(rows)
     if opt.limit > 0:
         rows = rows[:opt.limit]
     path = opt.predictions or os.path.splitext(opt.out)[0] + ".predictions.jsonl"
     if opt.model:
-        make_predictions(opt, rows, path)
-    preds = read_predictions(path, len(rows))
-    if not preds and not os.path.exists(path):
+        make_predictions(opt, rows, path, n_bench)
+    errors = {}
+    preds = read_predictions(path, n_bench, limit=len(rows), errors=errors)
+    if not preds and not errors and not os.path.exists(path):
         sys.exit(f"evaluate.py: {path} does not exist")
     predictions = [preds.get(i) for i in range(len(rows))]
     scores = scoring.score_rows(rows, predictions, judge_url=opt.judge_url or None, judge_model=opt.judge_model,
                                 judge_timeout=opt.judge_timeout, judge_key=os.environ.get("JUDGE_API_KEY"))
     scores["options"] = asdict(opt)
     scores["bench"], scores["predictions"] = opt.bench, path
+    scores["unreadable"] = len(errors)  # rows whose video our model could not read: wrong, retried by a rerun
+    for i, why in errors.items():
+        scores["rows"][i]["error"] = why
     if scores["missing"]:
-        print(f"warning: {scores['missing']} of {len(rows)} bench rows have no prediction in {path}; counted wrong")
+        print(f"warning: {scores['missing']} of {len(rows)} bench rows have no prediction in {path}; counted wrong"
+              + (f" ({len(errors)} of them: video unreadable, e.g. row {min(errors)}: {errors[min(errors)]}; "
+                 f"a rerun with --model retries them)" if errors else ""))
     print(scoring.markdown_table(scores))
     os.makedirs(os.path.dirname(os.path.abspath(opt.out)), exist_ok=True)
     tmp = opt.out + ".tmp"
@@ -193,4 +300,4 @@ def main(opt):
 
 
 if __name__ == "__main__":
-    main(cli.parse(Options))
+    cli.run(main, Options)

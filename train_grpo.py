@@ -5,14 +5,15 @@
 """
 import json
 import os
+import random
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 from tqdm import tqdm
 
-from st_r1 import cli, data, dist, grpo, rewards
-from train_sft import batch_rows
+from st_r1 import cli, data, dist, grpo, rewards, runs
+from train_sft import batch_rows, resumed_counts
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Config:
     video_root: str = ""
     out: str = "runs/grpo"
     resume: bool = False
+    resume_from: str = ""          # continue from this checkpoint folder of --out (e.g. the one before a corrupt latest)
     steps: int = 60
     prompts_per_step: int = 8      # global; each prompt gets group_size completions
     group_size: int = 8            # G
@@ -48,6 +50,7 @@ class Config:
     num_frames: int = 8
     min_pixels: int = 56 * 56
     max_pixels: int = 128 * 28 * 28
+    max_seq_len: int = 0           # longer prompts (video included) give way to the next row; 0: the model's context
     freeze_vision: bool = False
     parallel: str = "ddp"
     eval_every: int = 0
@@ -79,12 +82,62 @@ def sampling_generators(cfg, step, prompt_ids):
     return [torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + i) for i in prompt_ids]
 
 
+def readable_prompt(enc, rows, row, seed, step, slot):
+    """(row, encoded prompt, [(line, why) of the rows passed over]) for one prompt slot of the global batch. A row
+    whose video cannot be read gives way to the next readable row of a fixed permutation seeded by (seed, step,
+    slot), so every rank and every resume draws the same replacement. No readable row at all is a DataError."""
+    from st_r1.video import VideoError
+    bad, order = [], None
+    while True:
+        try:
+            return row, enc.encode(row), bad
+        except (VideoError, data.TooLong) as e:
+            bad.append((row.get("_line"), str(e)))
+        if order is None:
+            order = list(range(len(rows)))
+            random.Random(seed * 1_000_003 + step * 1009 + slot).shuffle(order)
+        if len(bad) > len(rows):
+            raise data.DataError(f"no row has a readable video (all {len(rows)} tried), e.g. line {bad[0][0]}: "
+                                 f"{bad[0][1]}")
+        row = rows[order[len(bad) - 1]]
+
+
+def validate(cfg, world_size):
+    """Refuse flag values that would crash steps later or learn nothing, naming the flag."""
+    cli.check(cfg.steps >= 1, "steps", f"must be >= 1, got {cfg.steps}")
+    cli.check(cfg.prompts_per_step >= world_size, "prompts_per_step", f"must be >= the {world_size} ranks (each "
+              f"needs a prompt), got {cfg.prompts_per_step}")
+    cli.check(cfg.group_size >= 2, "group_size", f"must be >= 2: one sample has advantage 0 and nothing is learned, "
+              f"got {cfg.group_size}")
+    cli.check(cfg.micro_batch >= 1 and cfg.max_new_tokens >= 1, "micro_batch", "and --max-new-tokens must be >= 1")
+    cli.check(cfg.save_every >= 1, "save_every", f"must be >= 1, got {cfg.save_every}")
+    cli.check(cfg.temperature > 0 and 0 < cfg.top_p <= 1, "temperature", "must be > 0 and --top-p in (0, 1]")
+    cli.check(cfg.lr > 0 and cfg.beta >= 0 and cfg.num_iterations >= 1, "lr", "must be > 0, --beta >= 0 and "
+              "--num-iterations >= 1")
+    cli.check(cfg.adv_scale in ("group", "batch", "none"), "adv_scale", "must be group, batch or none")
+    cli.check(cfg.loss_agg in ("seq_mean", "token_mean", "constant"), "loss_agg", "must be seq_mean, token_mean "
+              "or constant")
+    cli.check(cfg.num_frames >= 1 and 0 < cfg.min_pixels <= cfg.max_pixels, "num_frames", "must be >= 1 and "
+              "0 < --min-pixels <= --max-pixels")
+    cli.check(cfg.parallel in ("ddp", "fsdp", "none"), "parallel", f"must be ddp, fsdp or none, got {cfg.parallel!r}")
+    try:
+        rewards.parse_weights(cfg.reward_weights)
+    except (ValueError, KeyError) as e:
+        raise cli.UserError(f"--reward-weights: {e}") from None
+
+
 def main(cfg):
     d = dist.setup()
+    validate(cfg, d.world_size)
+    cfg.resume = cfg.resume or bool(cfg.resume_from)
+    runs.refuse_mixing(cfg.out, cfg.resume)  # before anything is loaded or written
     dist.seed_everything(cfg.seed, d.rank)
     if not cfg.model and dist.latest_model("runs/sft"):
         cfg.model = dist.latest_model("runs/sft")  # the default chain: SFT, then GRPO
     model_dir, train_file, eval_file = data.resolve_defaults(cfg, is_main=d.is_main)
+    # the rows first: a typo in the data costs seconds, not the minutes of loading a 7B checkpoint (twice)
+    rows = data.load_rows(train_file)
+    rewards.attach_recall_truth(rows)  # reverse-thinking truth for the authors' rows (ours carry `events`)
     from st_r1 import chat
     from st_r1.model import VideoLM
     tok = data.load_tokenizer(model_dir)
@@ -107,14 +160,14 @@ def main(cfg):
                            cfg.eps_high, cfg.num_iterations, cfg.adv_scale, cfg.loss_agg, cfg.mask_truncated,
                            cfg.micro_batch, cfg.max_grad_norm)
 
-    rows = data.load_rows(train_file)
-    rewards.attach_recall_truth(rows)  # reverse-thinking truth for the authors' rows (ours carry `events`)
     enc = data.PromptEncoder(tok, cfg.video_root or os.path.dirname(train_file), cfg.num_frames, cfg.min_pixels,
-                             cfg.max_pixels, model.spatial_merge_size)
-    state = dist.load_checkpoint(cfg.out, policy, opt, sched) if cfg.resume else None
-    step, skipped = (state["step"], state.get("skipped", [])) if state else (0, [])
+                             cfg.max_pixels, model.spatial_merge_size,
+                             max_len=data.context_limit(model_dir, cfg.max_seq_len))
+    state = dist.load_checkpoint(cfg.out, policy, opt, sched, cfg.resume_from or None) if cfg.resume else None
+    step, skipped, skip_examples = resumed_counts(state)
     if d.is_main:
         os.makedirs(cfg.out, exist_ok=True)
+        runs.trim_log(cfg.out, step)  # the steps after the checkpoint are redone: log them once
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             json.dump(dict(asdict(cfg), model=model_dir), f, indent=1)
     dist.log(f"GRPO: {len(rows)} rows from {train_file}, model {model_dir}, G={cfg.group_size}, "
@@ -125,11 +178,13 @@ def main(cfg):
         timer, t0 = grpo.Timer(), time.perf_counter()
         ids = list(range(cfg.prompts_per_step))[d.rank::d.world_size]
         global_rows = batch_rows(rows, step, cfg.prompts_per_step, cfg.seed)
-        mine = [dict(global_rows[i], _prompt_id=i) for i in ids]
-        encoded, bad = data.encode_rows(enc, mine, skip_bad=True, log=lambda m: None)
-        skipped += [f"line {ln}: {why}" for ln, why in bad]
-        if not encoded:
-            raise RuntimeError(f"step {step}: every video of this rank's prompts is unreadable: {bad[:3]}")
+        encoded, bad = [], []
+        for i in ids:
+            row, ex, passed = readable_prompt(enc, rows, global_rows[i], cfg.seed, step, i)
+            encoded.append((dict(row, _prompt_id=i), ex))
+            bad += passed
+        skip_examples += [f"{train_file}:{ln}: {why}" for ln, why in bad][:5 - len(skip_examples)]
+        skipped += int(dist.all_reduce_sum(len(bad)))
         prompt_rows = [r for r, _ in encoded]
         pids = [r["_prompt_id"] for r in prompt_rows]
         batch = {k: v.to(d.device) for k, v in data.collate_prompts([e for _, e in encoded], tok.pad_token_id).items()}
@@ -169,7 +224,7 @@ def main(cfg):
                    rollout_tok_s=n_gen / max(timer.t.get("rollout", 0), 1e-9),
                    train_tok_s=n_gen * cfg.num_iterations / max(timer.t.get("update", 0), 1e-9),
                    **{f"time/{k}": v for k, v in timer.t.items()}, step_s=time.perf_counter() - t0,
-                   lr=sched.get_last_lr()[0], **stats)
+                   lr=sched.get_last_lr()[0], **stats, skipped=skipped)
         if "accuracy" in names:
             mc = [i for i, r in enumerate(sample_rows) if r.get("task", "mcq") != "route"]
             rec["accuracy"] = per_fn[mc, names.index("accuracy")].mean().item() if mc else 0.0
@@ -181,14 +236,15 @@ def main(cfg):
         bar.set_postfix(reward=f"{rec['reward']:.3f}", acc=f"{rec.get('accuracy', 0):.2f}", kl=f"{rec['kl']:.4f}")
         bar.update(1)
         if step % cfg.save_every == 0 or step == cfg.steps:
-            dist.save_checkpoint(cfg.out, step, policy, opt, sched, dict(step=step, skipped=skipped),
-                                 tokenizer=tok)
+            dist.save_checkpoint(cfg.out, step, policy, opt, sched,
+                                 dict(step=step, skipped=skipped, skip_examples=skip_examples), tokenizer=tok)
     bar.close()
     if skipped:
-        dist.log(f"skipped {len(skipped)} rows with unreadable videos, e.g. {skipped[0]}")
+        dist.log(f"skipped {skipped} rows with unreadable videos (all ranks; each replaced by the next readable "
+                 f"row), e.g. {(skip_examples or ['?'])[0]}")
     dist.log(f"done: final model in {dist.latest_model(cfg.out)}")
     dist.shutdown()
 
 
 if __name__ == "__main__":
-    main(cli.parse(Config))
+    cli.run(main, Config)

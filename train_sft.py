@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-from st_r1 import cli, data, dist
+from st_r1 import cli, data, dist, runs
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Config:
     video_root: str = ""           # relative video paths resolve here; default: the JSONL's folder
     out: str = "runs/sft"
     resume: bool = False           # continue from the latest checkpoint in --out
+    resume_from: str = ""          # continue from this checkpoint folder of --out (e.g. the one before a corrupt latest)
     steps: int = 300
     batch_size: int = 16           # global batch (rows), split over ranks and micro-batches
     micro_batch: int = 8           # rows per forward/backward on one rank (gradient accumulation above it)
@@ -38,6 +39,7 @@ class Config:
     num_frames: int = 8
     min_pixels: int = 56 * 56
     max_pixels: int = 128 * 28 * 28
+    max_seq_len: int = 0           # longer rows (video included) are skipped and counted; 0: the model's context
     freeze_vision: bool = False
     grad_checkpoint: bool = False
     lora_r: int = 0                # > 0: LoRA adapters of this rank on the decoder's attention, merged on save
@@ -67,6 +69,16 @@ def batch_rows(rows, step, batch_size, seed):
     return out
 
 
+def resumed_counts(state):
+    """(step, rows skipped so far over all ranks, a few of them as `path:line: why`) of a resumed run."""
+    if not state:
+        return 0, 0, []
+    skipped = state.get("skipped", 0)
+    if isinstance(skipped, list):  # checkpoints before the count was global kept rank 0's list
+        return state["step"], len(skipped), skipped[:5]
+    return state["step"], skipped, state.get("skip_examples", [])
+
+
 def sft_loss(model, batch, num_tokens):
     """Sum of answer-token cross-entropies / the global answer-token count (so split batches add up exactly)."""
     labels = batch.pop("labels")
@@ -76,10 +88,33 @@ def sft_loss(model, batch, num_tokens):
                                              ignore_index=-100, reduction="sum") / num_tokens
 
 
+def validate(cfg, world_size):
+    """Refuse flag values that would crash steps later or train nothing, naming the flag."""
+    cli.check(cfg.steps >= 1, "steps", f"must be >= 1, got {cfg.steps}")
+    cli.check(cfg.batch_size >= world_size, "batch_size", f"must be >= the {world_size} ranks (each needs a row), "
+              f"got {cfg.batch_size}")
+    cli.check(cfg.micro_batch >= 1, "micro_batch", f"must be >= 1, got {cfg.micro_batch}")
+    cli.check(cfg.save_every >= 1, "save_every", f"must be >= 1, got {cfg.save_every}")
+    cli.check(cfg.eval_every >= 0 and cfg.eval_limit >= 0, "eval_every", "and --eval-limit must be >= 0")
+    cli.check(cfg.lr > 0 and cfg.warmup >= 0, "lr", f"must be > 0 (and --warmup >= 0), got {cfg.lr}")
+    cli.check(cfg.num_frames >= 1, "num_frames", f"must be >= 1, got {cfg.num_frames}")
+    cli.check(0 < cfg.min_pixels <= cfg.max_pixels, "min_pixels", "must be > 0 and <= --max-pixels")
+    cli.check(cfg.max_seq_len >= 0 and cfg.lora_r >= 0, "max_seq_len", "and --lora-r must be >= 0")
+    cli.check(cfg.parallel in ("ddp", "fsdp", "none"), "parallel", f"must be ddp, fsdp or none, got {cfg.parallel!r}")
+
+
 def main(cfg):
     d = dist.setup()
+    validate(cfg, d.world_size)
+    cfg.resume = cfg.resume or bool(cfg.resume_from)
+    runs.refuse_mixing(cfg.out, cfg.resume)  # before anything is loaded or written
     dist.seed_everything(cfg.seed, d.rank)
     model_dir, train_file, eval_file = data.resolve_defaults(cfg, is_main=d.is_main)
+    # the rows first: a typo in the data costs seconds, not the minutes of loading a 7B checkpoint
+    rows = data.load_rows(train_file, need=("original_answer",) if cfg.answer_only else ("solution",))
+    if cfg.answer_only:
+        rows = [answer_only(r) for r in rows]
+    eval_rows = data.load_rows(eval_file)[:cfg.eval_limit] if eval_file else []
     from st_r1.model import VideoLM
     tok = data.load_tokenizer(model_dir)
     model = VideoLM.from_pretrained(model_dir, device=d.device)
@@ -95,18 +130,16 @@ def main(cfg):
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     sched = dist.cosine_schedule(opt, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
 
-    rows = data.load_rows(train_file)
-    if cfg.answer_only:
-        rows = [answer_only(r) for r in rows]
-    eval_rows = data.load_rows(eval_file)[:cfg.eval_limit] if eval_file else []
+    max_len = data.context_limit(model_dir, cfg.max_seq_len)
     enc = data.PromptEncoder(tok, cfg.video_root or os.path.dirname(train_file), cfg.num_frames, cfg.min_pixels,
-                             cfg.max_pixels, model.spatial_merge_size)
+                             cfg.max_pixels, model.spatial_merge_size, max_len=max_len)
     eval_enc = data.PromptEncoder(tok, cfg.video_root or os.path.dirname(eval_file or train_file), cfg.num_frames,
-                                  cfg.min_pixels, cfg.max_pixels, model.spatial_merge_size)
-    state = dist.load_checkpoint(cfg.out, policy, opt, sched) if cfg.resume else None
-    step, skipped = (state["step"], state.get("skipped", [])) if state else (0, [])
+                                  cfg.min_pixels, cfg.max_pixels, model.spatial_merge_size, max_len=max_len)
+    state = dist.load_checkpoint(cfg.out, policy, opt, sched, cfg.resume_from or None) if cfg.resume else None
+    step, skipped, skip_examples = resumed_counts(state)
     if d.is_main:
         os.makedirs(cfg.out, exist_ok=True)
+        runs.trim_log(cfg.out, step)  # the steps after the checkpoint are redone: log them once
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             json.dump(asdict(cfg), f, indent=1)
     dist.log(f"SFT: {len(rows)} rows, {cfg.steps} steps of {cfg.batch_size}, world {d.world_size}, "
@@ -118,24 +151,35 @@ def main(cfg):
         global_rows = batch_rows(rows, step, cfg.batch_size, cfg.seed)
         mine = global_rows[d.rank::d.world_size]
         examples, bad = data.encode_rows(enc, mine, "encode_sft", skip_bad=True, log=lambda m: None)
-        skipped += [f"line {ln}: {why}" for ln, why in bad]
-        n_tokens = dist.all_reduce_sum(sum(sum(1 for x in e["labels"][1:] if x != -100) for _, e in examples))
+        skip_examples += [f"{train_file}:{ln}: {why}" for ln, why in bad][:5 - len(skip_examples)]
+        # one collective for the counts over all ranks: skipped rows, kept rows, answer tokens
+        n_chunks_mine = -(-len(examples) // cfg.micro_batch)
+        n_bad, n_good, n_tokens = (int(x) for x in dist.all_reduce_sum(torch.tensor(
+            [len(bad), len(examples), sum(sum(1 for x in e["labels"][1:] if x != -100) for _, e in examples)],
+            dtype=torch.float64)).tolist())
+        skipped += n_bad
+        if n_good == 0:
+            raise data.DataError(f"step {step}: none of the {len(global_rows)} rows of the batch has a readable "
+                                 f"video (that fits the context) on any rank ({skipped} rows skipped so far, e.g. "
+                                 f"{(skip_examples or ['?'])[0]}); no model was trained past this point")
+        # Every rank must make the same number of forward/backward passes (DDP all-reduces on the last one, FSDP2
+        # gathers in every one): a rank with fewer readable rows pads with zero-weight passes of a blank input.
+        n_chunks = int(dist.all_reduce_max(n_chunks_mine))
+        chunks = [examples[i:i + cfg.micro_batch] for i in range(0, len(examples), cfg.micro_batch)]
         policy.train()
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
-        chunks = [examples[i:i + cfg.micro_batch] for i in range(0, len(examples), cfg.micro_batch)] or [[]]
-        for k, chunk in enumerate(chunks):
-            if not chunk:  # every video of this rank's share was unreadable: still join the collective
-                loss = sum(p.sum() * 0 for p in params)
-            else:
-                batch = {key: v.to(d.device) for key, v in
-                         data.collate_prompts([e for _, e in chunk], tok.pad_token_id).items()}
-                loss = sft_loss(policy, batch, max(n_tokens, 1))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite SFT loss at step {step}, micro-batch {k} (rows "
-                                         f"{[r.get('_line') for r, _ in chunk]} of {train_file}); no update was made, "
-                                         f"the last checkpoint in {cfg.out} is intact")
-            (loss * d.world_size).backward()  # DDP averages over ranks; the normaliser is already global
+        for k in range(n_chunks):
+            chunk = chunks[k] if k < len(chunks) else []
+            batch = {key: v.to(d.device) for key, v in data.collate_prompts(
+                [e for _, e in chunk] or [enc.blank_sft()], tok.pad_token_id).items()}
+            with dist.no_sync(policy, k < n_chunks - 1):
+                loss = sft_loss(policy, batch, max(n_tokens, 1)) * (1.0 if chunk else 0.0)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite SFT loss at step {step}, micro-batch {k} (rows "
+                                             f"{[r.get('_line') for r, _ in chunk]} of {train_file}); no update was "
+                                             f"made, the last checkpoint in {cfg.out} is intact")
+                (loss * d.world_size).backward()  # DDP averages over ranks; the normaliser is already global
             loss_sum += loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         if not torch.isfinite(grad_norm):
@@ -147,7 +191,7 @@ def main(cfg):
         loss_avg = dist.all_reduce_sum(loss_sum)
         dt = time.perf_counter() - t0
         rec = dict(step=step, loss=loss_avg, lr=sched.get_last_lr()[0], grad_norm=float(grad_norm),
-                   tokens_per_s=n_tokens / dt, step_s=dt, skipped=len(skipped))
+                   tokens_per_s=n_tokens / dt, step_s=dt, skipped=skipped)
         if cfg.eval_every and eval_rows and (step % cfg.eval_every == 0 or step == cfg.steps):
             rec.update(evaluate_model(model, tok, eval_rows, eval_enc, cfg, d))
         if d.is_main:
@@ -156,11 +200,11 @@ def main(cfg):
         bar.set_postfix(loss=f"{loss_avg:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
         bar.update(1)
         if step % cfg.save_every == 0 or step == cfg.steps:
-            dist.save_checkpoint(cfg.out, step, policy, opt, sched, dict(step=step, skipped=skipped),
-                                 tokenizer=tok)
+            dist.save_checkpoint(cfg.out, step, policy, opt, sched,
+                                 dict(step=step, skipped=skipped, skip_examples=skip_examples), tokenizer=tok)
     bar.close()
     if skipped:
-        dist.log(f"skipped {len(skipped)} rows with unreadable videos, e.g. {skipped[0]}")
+        dist.log(f"skipped {skipped} rows with unreadable videos (all ranks), e.g. {(skip_examples or ['?'])[0]}")
     dist.log(f"done: final model in {dist.latest_model(cfg.out)}")
     dist.shutdown()
 
@@ -179,4 +223,4 @@ def evaluate_model(model, tok, rows, enc, cfg, d):
 
 
 if __name__ == "__main__":
-    main(cli.parse(Config))
+    cli.run(main, Config)

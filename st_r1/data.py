@@ -7,19 +7,41 @@ from collections import OrderedDict
 import torch
 
 from st_r1 import chat
+from st_r1.cli import UserError
 
 REQUIRED = ("problem", "video")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A malformed row; the message starts with `path:line:` so an editor can jump to it."""
 
 
-def load_rows(path):
-    """Read Ego-ST JSONL as it is released. Every key is kept; blank lines are skipped; anything else is an error."""
+class TooLong(DataError):
+    """A row whose tokens do not fit the model's context: skipped and counted in training, wrong in evaluation."""
+
+
+MC_TASKS = ("direction", "landmark", "action")
+
+
+def is_multiple_choice(row):
+    """A row that says it asks for an option letter: it lists options, or its task is one of the MC tasks."""
+    return bool(row.get("options")) or row.get("task") in MC_TASKS
+
+
+def load_rows(path, need=()):
+    """Read Ego-ST JSONL as it is released. Every key is kept; blank lines are skipped; anything else is an error
+    naming path:line, found here and not steps into a run: bytes that are not UTF-8, a field the script `need`s
+    (e.g. "solution", SFT's target) missing, a multiple-choice row whose gold letter cannot be read (it would be
+    scored, and rewarded, as an open-ended route row)."""
+    from st_r1.rewards import row_gold
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})"
+                                ) from None
             if not line.strip():
                 continue
             try:
@@ -28,16 +50,29 @@ def load_rows(path):
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            for key in REQUIRED:
-                if not isinstance(row.get(key), str) or not row[key]:
+            for key in REQUIRED + tuple(need):
+                if not isinstance(row.get(key), str) or not row[key].strip():
                     raise DataError(f"{path}:{lineno}: missing or empty string field {key!r}")
             if not isinstance(row.get("solution"), str) and not isinstance(row.get("original_answer"), str):
                 raise DataError(f"{path}:{lineno}: needs 'solution' or 'original_answer'")
+            if is_multiple_choice(row) and row_gold(row) is None:
+                raise DataError(f"{path}:{lineno}: a multiple-choice row (task {row.get('task')!r}"
+                                f"{', options' if row.get('options') else ''}) whose gold letter cannot be read from "
+                                f"'original_answer' or the <answer> of 'solution'")
             row["_line"] = lineno
             rows.append(row)
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
+
+
+def context_limit(model_dir, max_seq_len=0):
+    """Most tokens a row may take: --max-seq-len, else the model's max_position_embeddings (0: no limit)."""
+    if max_seq_len:
+        return max_seq_len
+    with open(os.path.join(model_dir, "config.json")) as f:
+        cfg = json.load(f)
+    return (cfg.get("text_config") or cfg).get("max_position_embeddings") or cfg.get("max_position_embeddings") or 0
 
 
 def load_tokenizer(model_dir):
@@ -67,16 +102,23 @@ class PromptEncoder:
     """Row -> prompt ids and video patches. Each video is decoded once and kept (8 questions share one video)."""
 
     def __init__(self, tokenizer, video_root=None, num_frames=8, min_pixels=56 * 56, max_pixels=128 * 28 * 28,
-                 merge_size=2, cache_size=512):
-        self.tok, self.video_root, self.num_frames = tokenizer, video_root, num_frames
+                 merge_size=2, cache_size=512, max_len=0):
+        self.tok, self.video_root, self.num_frames, self.max_len = tokenizer, video_root, num_frames, max_len
         self.min_pixels, self.max_pixels, self.merge_size = min_pixels, max_pixels, merge_size
         self.cache, self.cache_size = OrderedDict(), cache_size
+        self.bad = {}  # path -> its VideoError: a bad video shared by many rows is tried once
 
     def video(self, row):
-        from st_r1.video import load_video  # PyAV only when a video is really read
+        from st_r1.video import VideoError, load_video  # PyAV only when a video is really read
         path = resolve_video(row, self.video_root)
+        if path in self.bad:
+            raise VideoError(self.bad[path])
         if path not in self.cache:
-            self.cache[path] = load_video(path, self.num_frames, self.min_pixels, self.max_pixels)
+            try:
+                self.cache[path] = load_video(path, self.num_frames, self.min_pixels, self.max_pixels)
+            except VideoError as e:
+                self.bad[path] = str(e)
+                raise
             if len(self.cache) > self.cache_size:
                 self.cache.popitem(last=False)
         self.cache.move_to_end(path)
@@ -87,13 +129,31 @@ class PromptEncoder:
         if shuffle_seed is not None:
             pixels = shuffle_temporal(pixels, grid, random.Random(shuffle_seed))
         ids = chat.prompt_ids(self.tok, row["problem"], grid, self.merge_size)
+        self.check_length(row, len(ids))
         return dict(input_ids=ids, pixel_values_videos=pixels, video_grid_thw=grid,
                     second_per_grid_ts=float(second_per_grid))
+
+    def check_length(self, row, n):
+        # a 10 MB question would otherwise take the process down (tens of GB) with no word of which row
+        if self.max_len and n > self.max_len:
+            raise TooLong(f"{n} tokens with the video, over the limit of {self.max_len} "
+                          f"(--max-seq-len, else the model's max_position_embeddings)")
+
+    def blank_sft(self):
+        """A two-frame black video, an empty question and no answer token: the input of a zero-weight pass, which
+        a rank left with no readable row makes so that every rank runs the same forwards and backwards."""
+        from st_r1.video import preprocess
+        side = max(56, int(self.min_pixels ** 0.5) + 28)
+        pixels, grid = preprocess(torch.zeros(2, side, side, 3, dtype=torch.uint8), self.min_pixels, self.max_pixels)
+        ids = chat.prompt_ids(self.tok, "", grid, self.merge_size)
+        return dict(input_ids=ids, labels=[-100] * len(ids), pixel_values_videos=pixels, video_grid_thw=grid,
+                    second_per_grid_ts=1.0)
 
     def encode_sft(self, row):
         """Prompt + answer ids and the labels: -100 on prompt and video tokens, so only the answer is learned."""
         ex = self.encode(row)
         answer = chat.answer_ids(self.tok, row["solution"])
+        self.check_length(row, len(ex["input_ids"]) + len(answer))
         ex["labels"] = [-100] * len(ex["input_ids"]) + answer
         ex["input_ids"] = ex["input_ids"] + answer
         return ex
@@ -121,13 +181,14 @@ def collate_prompts(examples, pad_token_id):
 
 
 def encode_rows(encoder, rows, fn="encode", skip_bad=True, log=print):
-    """Encode rows, skipping (and counting, never silently) those whose video is missing or unreadable."""
+    """Encode rows, skipping (and counting, never silently) those whose video is missing or unreadable, or that
+    are too long for the model."""
     from st_r1.video import VideoError
     good, bad = [], []
     for row in rows:
         try:
             good.append((row, getattr(encoder, fn)(row)))
-        except VideoError as e:
+        except (VideoError, TooLong) as e:
             if not skip_bad:
                 raise
             bad.append((row.get("_line"), str(e)))

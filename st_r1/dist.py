@@ -5,7 +5,8 @@ Checkpoint layout, run_dir/ckpt-{step:08d}/ (no pickle anywhere: safetensors + J
   lora.safetensors       only with LoRA: adapters A, B and the unmerged base weights, for exact resume
   optimizer.safetensors  optimizer tensors, keyed "<param fqn>/<state name>"
   optimizer.json         param_groups (params named by fqn) and non-tensor state
-  scheduler.json, extra.json (caller's dict: data position, metrics), meta.json (step, world size)
+  scheduler.json, extra.json (caller's dict: data position, metrics), meta.json (step, world size, and a sha256
+  of every other file, checked by load_checkpoint: a flipped byte is named, not trained on)
   rng-rank{r}.safetensors / .json   torch (CPU, CUDA) and python / numpy RNG of every rank
 The directory is built as run_dir/.tmp-ckpt-*, renamed into place, then run_dir/latest is replaced.
 
@@ -42,6 +43,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from st_r1 import runs
 from st_r1.lora import LoRALinear
 
 
@@ -130,6 +132,11 @@ def _all_reduce(x, op):
 def all_reduce_mean(x):
     """Mean over ranks of a float or tensor (returns the same kind; a no-op with one process)."""
     return _all_reduce(x, dist.ReduceOp.SUM) / _D.world_size if dist.is_initialized() else x
+
+
+def all_reduce_max(x):
+    """Max over ranks, e.g. of micro-batch counts that every rank must match with its own passes."""
+    return _all_reduce(x, dist.ReduceOp.MAX)
 
 
 def all_reduce_sum(x):
@@ -406,9 +413,11 @@ def save_checkpoint(run_dir, step, model, optimizer, scheduler=None, extra=None,
         if scheduler is not None:
             _write_json(os.path.join(tmp, "scheduler.json"), scheduler.state_dict())
         _write_json(os.path.join(tmp, "extra.json"), extra or {})
-        _write_json(os.path.join(tmp, "meta.json"), {"step": step, "world_size": _D.world_size})
     barrier()  # every rank's RNG file is in tmp
     if _D.is_main:
+        # a sha256 per file, checked on load: bytes flipped inside tensor data load silently otherwise
+        _write_json(os.path.join(tmp, "meta.json"), {"step": step, "world_size": _D.world_size,
+                                                     "files": runs.hash_files(tmp)})
         old = None
         if os.path.isdir(final):  # re-saving a step after a resume: move the old one aside first
             old = os.path.join(run_dir, f".tmp-old-{name}")
@@ -436,10 +445,25 @@ def load_checkpoint(run_dir, model, optimizer=None, scheduler=None, path=None):
     path = path or latest_checkpoint(run_dir)
     if path is None:
         return None
-    sd = _load_model_sd(model, os.path.join(path, "model"))
-    lora_file = os.path.join(path, "lora.safetensors")
-    if os.path.isfile(lora_file):
-        sd.update(load_file(lora_file))
+    if not os.path.isdir(path):
+        raise runs.CheckpointError(f"{path}: no such checkpoint folder")
+    older = [c for c in list_checkpoints(os.path.dirname(os.path.abspath(path)))
+             if os.path.basename(c) < os.path.basename(path)]
+    try:
+        runs.verify(path)
+        sd = _load_model_sd(model, os.path.join(path, "model"))
+        lora_file = os.path.join(path, "lora.safetensors")
+        if os.path.isfile(lora_file):
+            sd.update(load_file(lora_file))
+    except runs.CheckpointError as e:
+        raise runs.CheckpointError(f"{e}" + runs.offer_previous(older)) from None
+    except (OSError, ValueError) as e:  # SafetensorError is not one: see below
+        raise runs.CheckpointError(f"{path}: cannot be loaded ({e})" + runs.offer_previous(older)) from None
+    except Exception as e:
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise runs.CheckpointError(f"{path}: a safetensors file cannot be read ({e})"
+                                   + runs.offer_previous(older)) from None
     if isinstance(model, FSDPModule):
         # every rank holds the full state; each copies its own shard out of it
         set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True))

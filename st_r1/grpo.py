@@ -188,12 +188,12 @@ def score(texts, rows, reward_fns, weights):
     return per_fn.view(len(texts), len(names)), total
 
 
-def _global_sum(x):
-    """Sum of a number over all ranks (identity without a process group)."""
+def _global(x, op="sum"):
+    """Sum (or max) of a number over all ranks (identity without a process group)."""
     import torch.distributed as dist
     t = torch.tensor(float(x), dtype=torch.float64)
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     return t.item()
 
 
@@ -214,12 +214,15 @@ def update(policy, ref_model, optimizer, prompts, gen, advantages, cfg, timer, s
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     mask = gen.mask & ~gen.truncated.unsqueeze(1) if cfg.mask_truncated else gen.mask
     n_rows = mask.shape[0]
-    num_seqs, num_tokens = _global_sum(n_rows), _global_sum(mask.sum().item())
+    num_seqs, num_tokens = _global(n_rows), _global(mask.sum().item())
     G = cfg.group_size
     per = max(1, cfg.micro_batch // G)  # prompts per micro-batch: whole groups share one prompt pass
     n_prompts = prompts["input_ids"].shape[0]
     groups = [list(range(i, min(i + per, n_prompts))) for i in range(0, n_prompts, per)]
     chunks = [list(range(g[0] * G, (g[-1] + 1) * G)) for g in groups]  # their completion rows
+    # Every rank makes the same number of passes (FSDP2 gathers in each; ranks may hold different numbers of
+    # prompts): a rank with fewer repeats its first micro-batch with weight 0.
+    n_passes = int(_global(len(chunks), "max"))
     ref_logp = None
     with timer("logprob"), torch.no_grad():
         if cfg.beta and ref_model is not None:
@@ -233,8 +236,10 @@ def update(policy, ref_model, optimizer, prompts, gen, advantages, cfg, timer, s
     for it in range(cfg.num_iterations):
         optimizer.zero_grad(set_to_none=True)
         with timer("update"):
-            for k, (g, c) in enumerate(zip(groups, chunks)):
-                sync = k == len(chunks) - 1 or not hasattr(policy, "no_sync")
+            for k in range(n_passes):
+                pad = k >= len(chunks)
+                g, c = (groups[0], chunks[0]) if pad else (groups[k], chunks[k])
+                sync = k == n_passes - 1 or not hasattr(policy, "no_sync")
                 ctx = torch.enable_grad() if sync else policy.no_sync()
                 with ctx:
                     logp, ent = completion_logprobs(policy, select_rows(prompts, g), gen.tokens[c], mask[c],
@@ -247,7 +252,9 @@ def update(policy, ref_model, optimizer, prompts, gen, advantages, cfg, timer, s
                         raise FloatingPointError(f"non-finite GRPO loss at step {step}, iteration {it}, "
                                                  f"micro-batch rows {c[0]}..{c[-1]}: nothing was updated")
                     # DDP averages gradients over ranks; the normalisers are already global, so undo the average
-                    (loss * world).backward()
+                    (loss * (0.0 if pad else world)).backward()
+                if pad:
+                    continue
                 w = mask[c].sum().item() / max(mask.sum().item(), 1)
                 if it == 0:
                     for key in ("kl", "clip_low", "clip_high"):

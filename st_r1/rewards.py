@@ -30,12 +30,21 @@ def format_reward(text):
         return 0.0
     between = s[think[1] + len("</think>"):answer[0] - len("<answer>")]
     inner_t, inner_a = s[think[0]:think[1]], s[answer[0]:answer[1]]
-    if between.strip() or not inner_t.strip() or not inner_a.strip():
+    if between.strip() or _blank(inner_t) or _blank(inner_a):
         return 0.0
     # the answer block must not hide a think tag and vice versa (tags counted once each above)
     if "<answer>" in inner_t or "</answer>" in inner_t or "<think>" in inner_a or "</think>" in inner_a:
         return 0.0
     return 1.0
+
+
+# whitespace and the invisible format characters (soft hyphen, zero-width space / joiners, marks, word joiner, BOM)
+_INVISIBLE_RE = re.compile(r"[\s\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]*")
+
+
+def _blank(text):
+    """Nothing visible: a think block of zero-width spaces is no thinking."""
+    return _INVISIBLE_RE.fullmatch(text) is not None
 
 
 def extract_answer(text):
@@ -49,7 +58,9 @@ def extract_answer(text):
 _LETTER_RE = re.compile(r"(?:[Oo]ption\s*|[Aa]nswer\s*:?\s*)?(?:\(([A-D])\)|([A-D])([.:)]?))(.*)", re.S)
 # another option letter standing alone in the rest ("A. x or B"); a capital "A " before a lower-case
 # word is the English article, which option texts may contain ("A red door").
-_OTHER_LETTER_RE = re.compile(r"\b(?:[B-D]|A(?! [a-z]))\b")
+_OTHER_LETTER_RE = re.compile(r"\b(?:[B-D]|A(?! [a-z]))\b|[Ａ-Ｄ]")  # full-width letters too: "B. Ｃ" names two
+# a hedge after the letter ("B. or A is possible", "B, maybe"): not one answer. (Option texts that say "or" lose.)
+_HEDGE_RE = re.compile(r"\?|\b(?:or|maybe|perhaps|possibly|possible|probably|either|unsure|not sure)\b", re.I)
 
 
 def answer_letter(text):
@@ -68,7 +79,7 @@ def answer_letter(text):
     if rest.strip():
         # option text may follow only after a separator: "B. Turn left", "(B) Turn left"
         separated = m.group(1) is not None or m.group(3)
-        if not separated or not rest[:1].isspace() or _OTHER_LETTER_RE.search(rest):
+        if not separated or not rest[:1].isspace() or _OTHER_LETTER_RE.search(rest) or _HEDGE_RE.search(rest):
             return None
     return letter
 

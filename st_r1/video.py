@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from st_r1.cli import UserError
+
 PATCH_SIZE = 14
 TEMPORAL_PATCH_SIZE = 2
 MERGE_SIZE = 2
@@ -34,8 +36,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 FALLBACK_FPS = 25.0  # what FFmpeg assumes for a raw stream that carries no rate at all
 
 
-class VideoError(Exception):
-    """A file that cannot give frames: missing, not a video, undecodable, zero-size."""
+class VideoError(UserError):
+    """A file that cannot give frames: missing, not a video, undecodable, zero-size, an extreme aspect ratio."""
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -283,7 +285,10 @@ def load_video(path, num_frames=8, min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO
     """-> (pixel_values_videos, video_grid_thw, second_per_grid). second_per_grid = seconds one
     temporal patch spans = temporal_patch_size / sampled fps, used by Qwen2.5-VL's M-RoPE."""
     frames, duration = _sample(path, num_frames)
-    pixel_values, grid = preprocess(frames, min_pixels, max_pixels)
+    try:
+        pixel_values, grid = preprocess(frames, min_pixels, max_pixels)
+    except ValueError as e:  # e.g. an aspect ratio over 200: a bad video like any other, not the end of a run
+        raise VideoError(f"{path}: {e}") from e
     fps = len(frames) / duration if duration > 0 else FALLBACK_FPS
     return pixel_values, grid, TEMPORAL_PATCH_SIZE / fps
 

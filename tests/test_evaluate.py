@@ -112,7 +112,7 @@ from st_r1 import cli
 asked = []
 def load_ours(opt):
     return None, None, None
-def predict(model, tok, rows, enc, batch_size=8, max_new_tokens=256, on_prediction=None, progress=False):
+def predict(model, tok, rows, enc, batch_size=8, max_new_tokens=256, on_prediction=None, progress=False, **kw):
     fail_after = int(os.environ.get("FAIL_AFTER", "-1"))
     for j, row in enumerate(rows):
         if j == fail_after:
@@ -141,21 +141,103 @@ def test_resume_after_interrupted_predictions(tmp_path):
     assert second.returncode == 0, second.stderr
     assert "3 predictions already in p.jsonl, 2 to make" in second.stdout
     assert "ASKED DI" in second.stdout              # only rows 3 (gold D) and 4 (route: first letter "I")
-    assert "dropping the half-written last line" in second.stderr
+    assert "p.jsonl:4: the last line does not parse (an interrupted write)" in second.stderr
     made = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert [m["index"] for m in made] == [0, 1, 2, 3, 4]
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["overall"]["accuracy"] == 1.0 and s["missing"] == 0
 
 
-def test_read_predictions_repairs_only_the_tail(tmp_path):
+def test_read_predictions_repairs_only_a_line_that_does_not_parse(tmp_path, capsys):
     p = tmp_path / "p.jsonl"
-    p.write_text('{"index": 1, "prediction": "a"}\n{"prediction": "b"}\n{"index": 0, "prediction": "c"}')
-    # without a final newline the last line may be cut: dropped when resuming, kept when only scoring
-    got = evaluate.read_predictions(str(p), 3)
-    assert got == {0: "c", 1: "b"}    # line 2 has no index: its position (1) is used, and overrides line 1
-    assert evaluate.read_predictions(str(p), 3, repair_tail=True) == {1: "b"}
-    assert p.read_text() == '{"index": 1, "prediction": "a"}\n{"prediction": "b"}\n'
+    # a whole last line without its newline is a prediction like any other, never dropped (issue 15, item 5)
+    text = '{"index": 1, "prediction": "a"}\n{"index": 0, "prediction": "c"}'
+    p.write_text(text)
+    assert evaluate.read_predictions(str(p), 3, repair_tail=True) == {0: "c", 1: "a"}
+    assert p.read_text() == text
+    p.write_text(text + '\n{"index": 2, "predic')  # a write cut short: removed, and said so
+    assert evaluate.read_predictions(str(p), 3, repair_tail=True) == {0: "c", 1: "a"}
+    assert p.read_text() == text + "\n" and "p.jsonl:3: the last line does not parse" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lines, why", [
+    (['{"index": 0, "prediction": "A"}', '{"index": 1, "prediction": "B"}', '{"index": 0, "prediction": "C"}'],
+     "p.jsonl:3: index 0 already has a prediction \\(line 1\\)"),
+    (['{"index": true, "prediction": "A"}'], "p.jsonl:1: index True is not a bench position"),
+    (['{"index": 1, "prediction": "A"}', '{"prediction": "B"}'], 'p.jsonl:2: some lines have an "index"'),
+])
+def test_duplicate_or_ambiguous_indices_are_errors(tmp_path, lines, why):
+    """Issue 15, item 6: the same file must not score 75% or 100% depending on its line order."""
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=why):
+        evaluate.read_predictions(str(tmp_path / "p.jsonl"), 5)
+
+
+def test_limit_ignores_predictions_past_it(tmp_path, monkeypatch):
+    """Issue 15, item 7: --limit N with the predictions of the whole bench scores the first N rows."""
+    monkeypatch.chdir(tmp_path)
+    rows = bench_rows()
+    write_jsonl(tmp_path / "bench.jsonl", rows)
+    write_jsonl(tmp_path / "p.jsonl", [{"index": i, "prediction": r["solution"]} for i, r in enumerate(rows)])
+    s = main(["--bench", "bench.jsonl", "--predictions", "p.jsonl", "--limit", "2", "--out", "s.json"])
+    assert s["overall"]["n"] == 2 and s["overall"]["accuracy"] == 1.0 and s["missing"] == 0
+
+
+def fake_model(monkeypatch, answer=lambda row: row["original_answer"][:1], unreadable=()):
+    """evaluate.main with a stand-in for our model: the gold letter for each row, an unreadable video for the rows
+    whose gold letter is in `unreadable`. Returns the list of rows it was asked."""
+    asked = []
+
+    def predict(model, tok, rows, enc, batch_size=8, max_new_tokens=256, on_prediction=None, progress=False, **kw):
+        for j, row in enumerate(rows):
+            asked.append(row)
+            if answer(row) in unreadable:
+                on_prediction(j, None, error=f"{row['video']}: no such file")
+            else:
+                on_prediction(j, f"<think>x</think> <answer>{answer(row)}</answer>")
+    monkeypatch.setattr(evaluate, "load_ours", lambda opt: (None, None, None))
+    monkeypatch.setattr(evaluate, "predict", predict)
+    return asked
+
+
+def test_predictions_of_another_model_are_refused(tmp_path, monkeypatch):
+    """Issue 15, item 4: --model B must not score model A's predictions left in the same --out."""
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "bench.jsonl", bench_rows())
+    for m in ("A", "B"):
+        (tmp_path / m).mkdir()
+        (tmp_path / m / "model.safetensors").write_bytes(m.encode())
+    fake_model(monkeypatch)
+    main(["--bench", "bench.jsonl", "--model", "A", "--no-progress"])
+    assert json.loads((tmp_path / "scores.predictions.jsonl.meta.json").read_text())["model"].endswith("A")
+    with pytest.raises(cli.UserError, match=r"model: '\S+A' \(in the file\) vs '\S+B' \(now\).*--force-new"):
+        main(["--bench", "bench.jsonl", "--model", "B", "--no-progress"])
+    (tmp_path / "A" / "model.safetensors").write_bytes(b"A, trained further")  # same folder, other weights
+    with pytest.raises(cli.UserError, match="weights_sha256"):
+        main(["--bench", "bench.jsonl", "--model", "A", "--no-progress"])
+    asked = fake_model(monkeypatch)
+    s = main(["--bench", "bench.jsonl", "--model", "B", "--force-new", "--no-progress"])
+    assert len(asked) == 5 and s["overall"]["accuracy"] == 1.0
+    # a file of unknown origin (the user's own) is never added to by --model, and never changed
+    write_jsonl(tmp_path / "mine.jsonl", [{"index": 0, "prediction": "A"}])
+    with pytest.raises(cli.UserError, match="unknown origin"):
+        main(["--bench", "bench.jsonl", "--model", "B", "--predictions", "mine.jsonl"])
+    assert (tmp_path / "mine.jsonl").read_text() == '{"index": 0, "prediction": "A"}\n'
+
+
+def test_unreadable_rows_are_counted_and_retried(tmp_path, monkeypatch, capsys):
+    """Issue 15, item 8: a row whose video could not be read is stored as an error, not as an empty answer, and
+    the next run (video restored) makes its prediction."""
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "bench.jsonl", bench_rows())
+    fake_model(monkeypatch, unreadable=("C",))
+    s = main(["--bench", "bench.jsonl", "--model", "m", "--no-progress"])
+    assert s["unreadable"] == 1 and s["missing"] == 1 and s["rows"][2]["error"] == "v0.mp4: no such file"
+    assert "(1 of them: video unreadable, e.g. row 2" in capsys.readouterr().out
+    asked = fake_model(monkeypatch)
+    s = main(["--bench", "bench.jsonl", "--model", "m", "--no-progress"])
+    assert [r["original_answer"][:1] for r in asked] == ["C"]
+    assert s["unreadable"] == 0 and s["missing"] == 0 and s["overall"]["accuracy"] == 1.0
 
 
 MODULES = ("st_r1.model", "st_r1.generate", "st_r1.video", "st_r1.world")

@@ -277,3 +277,17 @@ def test_every_world_solution_scores_one(tmp_path):
             flipped = sol.replace("left", "LEFT").replace("right", "left").replace("LEFT", "right")
             if "turn left" in sol or "turn right" in sol:
                 assert R.reverse_thinking_reward(flipped, row) < 1.0
+
+
+@pytest.mark.parametrize("answer", ["B. or A is possible", "B. Ｃ", "B, maybe", "B. Turn left?", "B. probably"])
+def test_hedges_after_the_letter_score_zero(answer):
+    """Issue 15, item 19: the README says hedges score 0; a full-width letter is a second letter."""
+    assert R.answer_letter(f"<answer>{answer}</answer>") is None
+    assert R.accuracy_reward(f"<think>t</think> <answer>{answer}</answer>", "<answer>B</answer>") == 0.0
+
+
+def test_invisible_think_is_no_think():
+    for blank in ("\u200b", " \u200b\u200d ", "\ufeff"):
+        assert R.format_reward(f"<think>{blank}</think> <answer>B</answer>") == 0.0
+        assert R.format_reward(f"<think>t</think> <answer>{blank}</answer>") == 0.0
+    assert R.format_reward("<think>t\u200b</think> <answer>B</answer>") == 1.0

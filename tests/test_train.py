@@ -28,12 +28,12 @@ def _port():
         return s.getsockname()[1]
 
 
-def run(script, args, nproc=1, env=None):
+def run(script, args, nproc=1, env=None, timeout=300):
     cmd = [sys.executable] + (["-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                                f"--master_port={_port()}"] if nproc > 1 else []) + [script]
     env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run(cmd + [str(a) for a in args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=timeout)
 
 
 def common(tiny, out):
@@ -83,11 +83,15 @@ def test_sft_fsdp_two_ranks_equal_one_process(tiny, tmp_path):
 def test_sft_killed_and_resumed_equals_unbroken(tiny, tmp_path):
     args = SFT[:1] + [4] + SFT[2:] + ["--save-every", 2]
     assert run("train_sft.py", common(tiny, tmp_path / "a") + args).returncode == 0
-    p = run("train_sft.py", common(tiny, tmp_path / "b") + args, env={"ST_R1_CKPT_CRASH": "step:3"})
-    assert p.returncode == 17, p.stderr[-2000:]  # died after step 3; the step-2 checkpoint is what remains
+    p = run("train_sft.py", common(tiny, tmp_path / "b") + args, env={"ST_R1_CKPT_CRASH": "step:4"})
+    assert p.returncode == 17, p.stderr[-2000:]  # died after step 4, before its save; ckpt 2 is what remains
     assert open(tmp_path / "b" / "latest").read().strip() == "ckpt-00000002"
+    assert [r["step"] for r in log(tmp_path / "b")] == [1, 2, 3]
+    p = run("train_sft.py", common(tiny, tmp_path / "b") + args)  # without --resume: refused, nothing changed
+    assert p.returncode == 2 and "holds an earlier run" in p.stderr and len(log(tmp_path / "b")) == 3
     p = run("train_sft.py", common(tiny, tmp_path / "b") + args + ["--resume"])
     assert p.returncode == 0, p.stderr[-3000:]
+    assert [r["step"] for r in log(tmp_path / "b")] == [1, 2, 3, 4]  # step 3 redone and logged once (item 15)
     wa, wb = final(tmp_path / "a"), final(tmp_path / "b")
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-6), k
@@ -102,3 +106,57 @@ def test_grpo_two_ranks_equal_one_process(tiny, tmp_path):
     assert_same(tmp_path / "n1", tmp_path / "n2", "reward", 1e-4)
     assert all(r["grad_norm"] > 0 and r["frac_zero_std"] < 1 for r in log(tmp_path / "n1"))  # it really learned
     assert log(tmp_path / "n1")[-1]["kl"] > 0  # the policy moved away from the reference
+
+
+# ---------------------------------------------------------------- bad videos under 2 ranks (issue 15, items 1-3)
+
+def with_bad_videos(tiny, path, bad_at, batch_size):
+    """The tiny train rows with the video of the rows at (step, batch position) in bad_at replaced by a missing
+    file. Returns the --train-file / --video-root flags."""
+    from train_sft import batch_rows
+    rows = [json.loads(line) for line in open(tiny / "bench" / "train.jsonl")]
+    order = list(range(len(rows)))
+    for step, pos in bad_at:
+        rows[batch_rows(order, step, batch_size, 0)[pos]]["video"] = "videos/missing.mp4"
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return ["--train-file", path, "--video-root", tiny / "bench"]
+
+
+# step 0: rank 1 (batch positions 1, 3) loses all its rows; step 1: rank 0 loses one row, rank 1 none
+BAD = [(0, 1), (0, 3), (1, 0)]
+
+
+def test_sft_two_ranks_with_bad_videos_equal_one_process(tiny, tmp_path):
+    flags = with_bad_videos(tiny, tmp_path / "rows.jsonl", BAD, 4)
+    # micro-batch 1: the ranks hold different numbers of passes
+    args = ["--steps", 2, "--batch-size", 4, "--micro-batch", 1, "--lr", 1e-3, "--warmup", 1]
+    for n in (1, 2):
+        p = run("train_sft.py", common(tiny, tmp_path / f"n{n}") + args + flags, nproc=n)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert "skipped 3 rows with unreadable videos" in p.stdout, p.stdout[-2000:]
+    assert_same(tmp_path / "n1", tmp_path / "n2", "loss", 1e-4)
+    assert [r["skipped"] for r in log(tmp_path / "n2")] == [2, 3]
+
+
+def test_grpo_two_ranks_with_bad_videos_draw_the_next_readable_row(tiny, tmp_path):
+    flags = with_bad_videos(tiny, tmp_path / "rows.jsonl", BAD, 4)
+    args = ["--steps", 2, "--prompts-per-step", 4, "--group-size", 2, "--max-new-tokens", 6, "--micro-batch", 2,
+            "--lr", 1e-2, "--beta", 0.04, "--reward-weights", "brevity=1,format=1"]
+    for n in (1, 2):
+        p = run("train_grpo.py", common(tiny, tmp_path / f"n{n}") + args + flags, nproc=n)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert "skipped 3 rows with unreadable videos" in p.stdout, p.stdout[-2000:]
+    assert_same(tmp_path / "n1", tmp_path / "n2", "reward", 1e-4)
+    assert [r["skipped"] for r in log(tmp_path / "n2")] == [2, 3]
+
+
+def test_no_readable_row_is_a_failure_on_every_rank(tiny, tmp_path):
+    flags = with_bad_videos(tiny, tmp_path / "rows.jsonl", [(0, i) for i in range(16)], 16)  # every row
+    p = run("train_sft.py", common(tiny, tmp_path / "sft") + SFT + flags, nproc=2)
+    assert p.returncode != 0 and "none of the 4 rows of the batch has a readable video" in p.stderr, p.stderr[-2000:]
+    assert "4 rows skipped so far" in p.stderr  # (torchrun adds its own traceback of the failed child)
+    assert not os.path.exists(tmp_path / "sft" / "latest")  # no "final model" of an untrained run
+    p = run("train_grpo.py", common(tiny, tmp_path / "grpo") + ["--prompts-per-step", 2, "--group-size", 2] + flags,
+            nproc=2)
+    assert p.returncode != 0 and "no row has a readable video (all 16 tried)" in p.stderr, p.stderr[-2000:]
