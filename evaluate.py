@@ -240,7 +240,7 @@ def default_bench(opt):
         print(f"no --bench given: generating the synthetic bench in {opt.world}")
         make_bench(opt.world, seed=0, split="both")
     if not opt.model and not opt.predictions:
-        opt.model = data.DEFAULT_MODEL
+        opt.model = data.default_model()
         if not os.path.exists(os.path.join(opt.model, "config.json")):
             from st_r1.tiny import write_tiny_model
             print(f"no --model given: writing the tiny random Qwen2.5-VL to {opt.model}")

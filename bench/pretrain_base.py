@@ -38,13 +38,13 @@ FRAMES = 16  # rendered per walk, as the main job writes its bench; 8 are sample
 class Pretrain:
     """Pretrain the tiny Qwen2.5-VL on world descriptions and generic list skills."""
     out: str = "runs/base"
-    steps: int = 6000
+    steps: int = 4000
     batch: int = 16              # video rows per step
-    text_batch: int = 16         # generic text rows per step
+    text_batch: int = 64         # generic text rows per step (short: cheap next to the video rows)
     lr: float = 1e-3
     warmup: int = 100
     curriculum: int = 2000       # steps over which easy renders go from 60% to --easy-floor of the video rows
-    easy_floor: float = 0.1
+    easy_floor: float = 0.4
     hidden: int = 128
     layers: int = 4
     vision_hidden: int = 96
@@ -57,6 +57,7 @@ class Pretrain:
     save_every: int = 250
     seed: int = 0
     threads: int = 2
+    init: str = ""               # start from this model folder (e.g. models/tiny-base, to go on) instead of a random one
     export: str = ""             # write the latest checkpoint's model (a Hugging Face folder) here, then stop
 
 
@@ -133,6 +134,15 @@ def list_item(rng):
     """A generic list skill, text only: (prompt, target). Matching uses the world's option designs (one slot with
     four values, or two slots with two), so the skill is the one the bench needs, on words that are not routes."""
     def put(ws, i, v): return ws[:i] + [v] + ws[i + 1:]  # noqa: E306, E704
+    if rng.random() < 0.5:  # lookup: which option holds each word (four queries per row: dense letter targets)
+        ws = [tiny.WORDS[k] for k in rng.choice(len(tiny.WORDS), 8, replace=False)]
+        cut = np.sort(rng.choice(np.arange(1, 8), 3, replace=False))
+        opts = np.split(np.array(ws), cut)
+        shown = ", ".join(f"{L}. {', '.join(o)}" for L, o in zip("ABCD", opts))
+        asks = [(str(o[rng.integers(len(o))]), L) for L, o in zip("ABCD", opts)]
+        rng.shuffle(asks)
+        # targets start with a space, so that every word is the same token as in the prompt (" piano", not "piano")
+        return tiny.LOOKUP.format(shown), "".join(f" {w}: {L}." for w, L in asks)
     if rng.random() < 0.4:  # the easy case first learnt: short lists, and the one word that differs is unique
         words = [tiny.WORDS[k] for k in rng.choice(len(tiny.WORDS), int(rng.integers(1, 4)), replace=False)]
         i = int(rng.integers(len(words)))
@@ -142,7 +152,7 @@ def list_item(rng):
     n = int(rng.integers(3, 8))
     words = [tiny.WORDS[k] for k in rng.integers(len(tiny.WORDS), size=n)]
     if rng.random() < 0.25:
-        return tiny.REVERSE.format(", ".join(words)), ", ".join(reversed(words)) + "."
+        return tiny.REVERSE.format(", ".join(words)), " " + ", ".join(reversed(words)) + "."
     if rng.random() < 0.5:
         i = int(rng.integers(n))
         others = [v for v in tiny.WORDS if v != words[i]]
@@ -160,7 +170,7 @@ def _lettered(words, opts, rng):
     letter = "ABCD"[int(np.argmax(order == 0))]
     # lower case (the bench capitalises an option's first word): the same word is then the same token in list and option
     shown = ", ".join(f"{L}. {', '.join(opts[k])}" for L, k in zip("ABCD", order))
-    return tiny.MATCH.format(", ".join(words), shown), f"{', '.join(words)}, which is option {letter}."
+    return tiny.MATCH.format(", ".join(words), shown), f" {', '.join(words)}, which is option {letter}."
 
 
 def encode(tok, prompt, target, frames=None):
@@ -255,6 +265,39 @@ def evaluate(model, tok, held, n):
 
 # ----------------------------------------------------------------------------- main
 
+def plot(log, path):
+    """Losses and held-out scores over the steps (matplotlib is a bench-only extra: skipped if missing)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install -r bench/requirements.txt): no plot")
+        return
+    with open(log) as f:
+        recs = [json.loads(line) for line in f if line.strip()]
+    ev = [r for r in recs if "describe" in r]
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.4))
+    for key in ("loss_video", "loss_text"):
+        y = np.convolve([r[key] for r in recs], np.ones(50) / 50, mode="valid")
+        ax[0].plot([r["step"] for r in recs][49:], y, label=key.replace("_", " "))
+    ax[0].set_title("training loss (mean of 50 steps)")
+    ax[1].plot([r["step"] for r in ev], [r["describe"] for r in ev], "o-", label="own video")
+    ax[1].plot([r["step"] for r in ev], [r["describe_other_video"] for r in ev], "o-", label="another video")
+    ax[1].set_title("narration of held-out walks: route rubric (0-5)")
+    for key, name in (("closeup_colour", "close-up colour (chance 1/6)"), ("turns_right", "both turns right (1/4)"),
+                      ("match", "list -> option letter (1/4)")):
+        ax[2].plot([r["step"] for r in ev], [r[key] for r in ev], "o-", label=name)
+    ax[2].set_title("held-out accuracy")
+    for a in ax:
+        a.set_xlabel("step")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"plot written to {path}")
+
+
 def export(cfg):
     from st_r1.model import VideoLM
     src = dist.latest_model(cfg.out)
@@ -266,7 +309,11 @@ def export(cfg):
     AutoTokenizer.from_pretrained(src, local_files_only=True).save_pretrained(cfg.export)
     import shutil
     shutil.copy(os.path.join(cfg.out, "init", "generation_config.json"), cfg.export)
-    print(f"exported {src} -> {cfg.export}")
+    step = int(os.path.basename(os.path.dirname(src)).split("-")[1])
+    with open(os.path.join(cfg.out, "log.jsonl")) as f, open(os.path.join(cfg.export, "pretrain_log.jsonl"), "w") as g:
+        g.writelines(line for line in f if line.strip() and json.loads(line)["step"] <= step)  # up to the exported step
+    plot(os.path.join(cfg.export, "pretrain_log.jsonl"), os.path.join(cfg.export, "pretrain_curves.png"))
+    print(f"exported {src} -> {cfg.export} (with its pretraining log and curves)")
 
 
 def main(cfg):
@@ -279,8 +326,12 @@ def main(cfg):
     from st_r1.model import VideoLM
     init = os.path.join(cfg.out, "init")
     if not os.path.exists(os.path.join(init, "model.safetensors")):
-        tiny.write_tiny_model(init, seed=cfg.seed, hidden=cfg.hidden, layers=cfg.layers,
-                              vision_hidden=cfg.vision_hidden, vision_depth=cfg.vision_depth)
+        if cfg.init:  # a fresh optimizer on given weights (the tokenizer and shape come with them)
+            import shutil
+            shutil.copytree(cfg.init, init)
+        else:
+            tiny.write_tiny_model(init, seed=cfg.seed, hidden=cfg.hidden, layers=cfg.layers,
+                                  vision_hidden=cfg.vision_hidden, vision_depth=cfg.vision_depth)
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(init, local_files_only=True)
     model = VideoLM.from_pretrained(init)

@@ -197,15 +197,22 @@ def encode_rows(encoder, rows, fn="encode", skip_bad=True, log=print):
     return good, bad
 
 
-DEFAULT_MODEL = "runs/tiny-model"
+# The embedded default model: the tiny base shipped with the project (made by bench/pretrain_base.py), the stand-in
+# for a pretrained Qwen-VL; without it (a partial checkout), a random model of the same family is written here.
+BASE_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "tiny-base")
+RANDOM_MODEL = "runs/tiny-model"
+
+
+def default_model():
+    return BASE_MODEL if os.path.isfile(os.path.join(BASE_MODEL, "config.json")) else RANDOM_MODEL
 
 
 def resolve_defaults(cfg, is_main=True):
-    """The embedded default: with no --model / --train-file, use (and on first use, make) the tiny random Qwen2.5-VL
+    """The embedded default: with no --model / --train-file, use the shipped tiny base model (or make a random one)
     and the synthetic world's bench, so that `python train_sft.py` works on a fresh machine with no download.
     Rank 0 makes them; the other ranks wait at a barrier."""
     import torch.distributed as tdist
-    model_dir = cfg.model or DEFAULT_MODEL
+    model_dir = cfg.model or default_model()
     train_file = cfg.train_file or os.path.join(cfg.bench, "train.jsonl")
     eval_file = cfg.eval_file or os.path.join(cfg.bench, "test.jsonl")
     if is_main:

@@ -34,6 +34,7 @@ WORDS = ("apple", "river", "seven", "cloud", "tiger", "piano", "candle", "forest
          "thunder", "cherry")
 MATCH = "Which option is the list: {}? Options: {}"
 REVERSE = "Reverse the list: {}."
+LOOKUP = "Options: {}. Which option has each word?"
 
 
 def corpus(n_videos=100, seed=0):

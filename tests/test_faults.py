@@ -182,4 +182,4 @@ def test_user_errors_print_one_line_and_exit_2(tmp_path):
 def test_route_table_states_the_rubric_floor():
     rows = [{"task": "route", "reverse": False, "problem": "p", "video": "v", "original_answer": "I turn left."}]
     table = scoring.markdown_table(scoring.score_rows(rows, ["<answer>I walk straight.</answer>"]))
-    assert "floor" in table and "1.6" in table
+    assert "floor" in table and "1.9" in table

@@ -1,0 +1,91 @@
+"""The shipped base model (models/tiny-base, made by bench/pretrain_base.py): it loads, narrates held-out walks better
+than a random model of the same shape by the route rubric, and its pretraining data never holds the bench."""
+import json
+import os
+import re
+
+import numpy as np
+import torch
+
+from bench import pretrain_base as P
+from st_r1 import data, tiny, world
+from st_r1.model import VideoLM
+
+BASE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "tiny-base")
+
+
+def narration_score(model, tok, walks):
+    texts = P.greedy(model, tok, [P.encode(tok, tiny.NARRATE, None, f) for f, _, _ in walks])
+    return P.describe_score(texts, [e for _, _, e in walks]), texts
+
+
+def test_shipped_base_narrates_held_out_walks_better_than_a_random_model():
+    torch.manual_seed(0)
+    tok = data.load_tokenizer(BASE)
+    base = VideoLM.from_pretrained(BASE, dtype=torch.float32).eval()
+    with open(os.path.join(BASE, "config.json")) as f:
+        cfg = json.load(f)
+    rand = VideoLM.from_config(cfg).eval()
+    walks = [P.walk_item(1000, "test", i) for i in range(8)]  # the pretraining's held-out walks (never trained on)
+    s_base, texts = narration_score(base, tok, walks)
+    s_rand, _ = narration_score(rand, tok, walks)
+    assert s_base > s_rand + 1.5, (s_base, s_rand, texts[:2])
+    assert all(t.startswith("I walk straight") for t in texts), texts
+
+
+def test_pretraining_data_never_holds_the_bench():
+    rng = np.random.default_rng(0)
+    route_words = {"walk", "turn", "pass", "left", "right", "route", "landmark", *world.COLOURS, *world.OBJECTS}
+    for _ in range(300):
+        prompt, target = P.list_item(rng)
+        words = set((prompt + " " + target).lower().replace(",", " ").replace(".", " ").replace(":", " ").split())
+        assert not words & route_words, (prompt, target)
+    # the walks come from the pretraining seed's maps: none is a map of the bench's splits (seed 0)
+    def key(w):
+        return w.grid.tobytes(), tuple(w.path), w.mat.tobytes(), json.dumps(w.landmarks)
+    bench = {key(world.world_for(0, s, i, frames=P.FRAMES)) for s in ("train", "test") for i in range(30)}
+    seen = {key(world.world_for(1000, "train", i, frames=P.FRAMES)) for i in range(30)}
+    assert len(seen) == 30 and not bench & seen
+
+
+def test_pretraining_resumes(tmp_path):
+    """Two steps, killed, one more: the log holds each step once and the run continues from its checkpoint."""
+    flags = ["--out", str(tmp_path), "--pool", "4", "--easy-pool", "4", "--batch", "2", "--text-batch", "2",
+             "--eval-every", "100", "--save-every", "2", "--threads", "1", "--hidden", "32", "--layers", "1",
+             "--vision-hidden", "32", "--vision-depth", "1"]
+    from st_r1 import cli
+    P.main(cli.parse(P.Pretrain, flags + ["--steps", "2"]))
+    with open(tmp_path / "log.jsonl", "a") as f:  # a step done after the checkpoint, then the run was killed
+        f.write(json.dumps({"step": 3}) + "\n")
+    P.main(cli.parse(P.Pretrain, flags + ["--steps", "3"]))
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "log.jsonl")]
+    assert steps == [1, 2, 3]
+    assert open(tmp_path / "latest").read().strip() == "ckpt-00000003"
+
+
+def test_list_items_by_hand():
+    """Matching: the named letter is the option equal to the list, and only it; lookup: each word's letter is the
+    option holding it; reversing reverses. Targets start with a space (the words are then the prompt's tokens)."""
+    rng = np.random.default_rng(1)
+    kinds = set()
+    for _ in range(300):
+        prompt, target = P.list_item(rng)
+        assert target.startswith(" ")
+        if prompt.startswith("Reverse the list: "):
+            assert target[1:-1].split(", ") == prompt[len("Reverse the list: "):-1].split(", ")[::-1]
+            kinds.add("reverse")
+            continue
+        part = prompt.split("Options: ")[1]
+        opts = dict(re.findall(r"([ABCD])\. (.*?)(?=, [ABCD]\. |\. Which|$)", part))
+        assert list(opts) == list("ABCD")
+        if prompt.startswith("Options: "):
+            asks = re.findall(r" (\w+): ([ABCD])\.", target)
+            assert len(asks) == 4 and {L for _, L in asks} == set("ABCD")
+            assert all(w in opts[L].split(", ") for w, L in asks)
+            kinds.add("lookup")
+            continue
+        listed = prompt[len("Which option is the list: "):prompt.index("? Options: ")].split(", ")
+        equal = [L for L, o in opts.items() if o.split(", ") == listed]
+        assert equal == [target[-2]] and target == f" {', '.join(listed)}, which is option {target[-2]}."
+        kinds.add("match")
+    assert kinds == {"match", "reverse", "lookup"}
