@@ -350,9 +350,12 @@ def main(cfg):
         json.dump(asdict(cfg), f, indent=1)
 
     t0 = time.time()
-    walks = make_pool(os.path.join(cfg.out, "walks.npz"), cfg.pool, _walk, cfg.threads)
-    closeups = make_pool(os.path.join(cfg.out, "closeups.npz"), cfg.easy_pool, _closeup, cfg.threads)
-    turns = make_pool(os.path.join(cfg.out, "turns.npz"), cfg.easy_pool, _turn, cfg.threads)
+    if cfg.batch:
+        walks = make_pool(os.path.join(cfg.out, "walks.npz"), cfg.pool, _walk, cfg.threads)
+        closeups = make_pool(os.path.join(cfg.out, "closeups.npz"), cfg.easy_pool, _closeup, cfg.threads)
+        turns = make_pool(os.path.join(cfg.out, "turns.npz"), cfg.easy_pool, _turn, cfg.threads)
+    else:  # --batch 0: the text skills alone (no video rows, no pools)
+        walks = closeups = turns = (np.zeros((0, 8, 112, 112, 3), np.uint8), [])
     held_walks = [walk_item(cfg.world_seed, "test", i) for i in range(cfg.eval_n)]
     held = {"walks": (np.stack([f for f, _, _ in held_walks]), [t for _, t, _ in held_walks],
                       [e for _, _, e in held_walks]),
@@ -374,8 +377,7 @@ def main(cfg):
             k = int(rng.integers(len(src[1])))
             ex.append(encode(tok, {id(walks): tiny.NARRATE, id(closeups): tiny.LOOK, id(turns): tiny.TURN}[id(src)],
                              str(src[1][k]), src[0][k]))
-        batch, labels = collate(ex, tok.pad_token_id)
-        loss_v = lm_loss(model, batch, labels)
+        loss_v = lm_loss(model, *collate(ex, tok.pad_token_id)) if ex else torch.zeros(())
         batch, labels = collate([encode(tok, *list_item(rng)) for _ in range(cfg.text_batch)], tok.pad_token_id)
         loss_t = lm_loss(model, batch, labels, letters)
         opt.zero_grad(set_to_none=True)

@@ -89,3 +89,15 @@ def test_list_items_by_hand():
         assert equal == [target[-2]] and target == f" {', '.join(listed)}, which is option {target[-2]}."
         kinds.add("match")
     assert kinds == {"match", "reverse", "lookup"}
+
+
+def test_text_only_phase_from_a_model_folder(tmp_path):
+    """--batch 0 trains the list skills alone (no pools rendered), starting from --init's weights."""
+    from st_r1 import cli
+    init = tmp_path / "init-model"
+    tiny.write_tiny_model(str(init), hidden=32, layers=1, vision_hidden=32, vision_depth=1)
+    P.main(cli.parse(P.Pretrain, ["--out", str(tmp_path / "run"), "--init", str(init), "--batch", "0",
+                                  "--text-batch", "2", "--steps", "1", "--eval-n", "2", "--threads", "1"]))
+    assert not list((tmp_path / "run").glob("*.npz"))
+    rec = json.loads(open(tmp_path / "run" / "log.jsonl").read().splitlines()[0])
+    assert rec["loss_video"] == 0.0 and rec["loss_text"] > 0 and "match" in rec  # evaluated at the last step
