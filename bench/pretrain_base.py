@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from st_r1 import chat, cli, dist, scoring, tiny, video, world  # noqa: E402
+from st_r1 import chat, cli, dist, runs, scoring, tiny, video, world  # noqa: E402
 
 FRAMES = 16  # rendered per walk, as the main job writes its bench; 8 are sampled, as the readers sample them
 
@@ -340,12 +340,7 @@ def main(cfg):
     state = dist.load_checkpoint(cfg.out, model, opt, sched)
     step = state["step"] if state else 0
     log = os.path.join(cfg.out, "log.jsonl")
-    if os.path.exists(log):  # records past the checkpoint we resume from are redone: drop them
-        with open(log) as f:
-            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        with open(log + ".tmp", "w") as f:
-            f.writelines(keep)
-        os.replace(log + ".tmp", log)
+    runs.trim_log(cfg.out, step)  # records past the checkpoint we resume from are redone: drop them
     with open(os.path.join(cfg.out, "config.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=1)
 
