@@ -19,6 +19,7 @@ held-out generic matching accuracy; log.jsonl keeps them, curves.png plots them.
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -249,6 +250,9 @@ def evaluate(model, tok, held, n):
     out["turns_right"] = float(np.mean([[e for e in ev if e.startswith("turn")] ==
                                         [f"turn {w.strip('.,')}" for w, p in zip(t.split()[1:], t.split()) if p == "turn"]
                                         for t, ev in zip(texts, events[:n])]))
+    out["colours_right"] = float(np.mean([re.findall(r"pass the (\w+ \w+)", t) ==
+                                          [e[len("pass the "):] for e in ev if e.startswith("pass the ")]
+                                          for t, ev in zip(texts, events[:n])]))
     cf, ct = held["closeups"]
     said = sum((greedy(model, tok, [encode(tok, tiny.LOOK, None, f) for f in cf[i:i + 32]], 8)
                 for i in range(0, n, 32)), [])
@@ -259,6 +263,13 @@ def evaluate(model, tok, held, n):
     said = sum((greedy(model, tok, [encode(tok, p, None) for p, _ in items[i:i + 32]], 48)
                 for i in range(0, len(items), 32)), [])
     out["match"] = float(np.mean([s.endswith(t[-2:]) for s, (_, t) in zip(said, items)]))
+    items = [list_item(rng) for _ in range(4 * n)]
+    items = [(p, t) for p, t in items if p.endswith("each word?")][:n]
+    said = sum((greedy(model, tok, [encode(tok, p, None) for p, _ in items[i:i + 32]], 24)
+                for i in range(0, len(items), 32)), [])
+    # per query word: the letter said after "word:" in the reply equals the target's
+    out["lookup"] = float(np.mean([dict(re.findall(r"(\w+): ([ABCD])", s)).get(w) == L
+                                   for s, (_, t) in zip(said, items) for w, L in re.findall(r"(\w+): ([ABCD])", t)]))
     model.train()
     return out
 
