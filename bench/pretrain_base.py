@@ -58,6 +58,9 @@ class Pretrain:
     save_every: int = 250
     seed: int = 0
     threads: int = 2
+    stop: int = 0                # stop after this step (0: --steps); the schedule still runs over --steps
+    lookup_vocab: str = "tokens"  # lookup words: "tokens" (hundreds of the tokenizer's words) or "words" (tiny.WORDS)
+    lookup_share: float = 0.5    # of the text rows
     init: str = ""               # start from this model folder (e.g. models/tiny-base, to go on) instead of a random one
     export: str = ""             # write the latest checkpoint's model (a Hugging Face folder) here, then stop
 
@@ -131,13 +134,28 @@ def _closeup(i): return closeup_item(_SEED[0], i)  # noqa: E704
 def _turn(i): return turn_item(_SEED[0], i)  # noqa: E704
 
 
-def list_item(rng):
+def lookup_vocab(tok):
+    """The words the lookup draws from: every whole lower-case word of the tokenizer (one token, with its leading
+    space) that is not a word of the world's routes or of the bench's wording. With 24 words the model learnt one
+    circuit per word (100% on them, chance on unseen words such as colours); hundreds force the general skill:
+    find the word among the options, then the letter in front of it."""
+    banned = set(re.findall(r"[a-z]+", " ".join([world.PREFIX, world.MCQ_INSTR, world.ROUTE_INSTR, tiny.NARRATE,
+                                                  tiny.LOOK, tiny.TURN, *world.QUESTIONS.values(),
+                                                  *world.COMPARE.values()]).lower()))
+    banned |= {*world.COLOURS, *world.OBJECTS, *world.MATERIALS, "walk", "turn", "pass", "left", "right", "around",
+               "straight", "see", "walls", "change", "route", "landmark", "landmarks", "option", "options"}
+    return sorted(w for w in (t[1:] for t in tok.get_vocab() if t.startswith("\u0120"))
+                  if len(w) >= 3 and w.isalpha() and w.islower() and w not in banned)
+
+
+def list_item(rng, vocab=tiny.WORDS, lookup=0.5):
     """A generic list skill, text only: (prompt, target). Matching uses the world's option designs (one slot with
     four values, or two slots with two), so the skill is the one the bench needs, on words that are not routes."""
     def put(ws, i, v): return ws[:i] + [v] + ws[i + 1:]  # noqa: E306, E704
-    if rng.random() < 0.5:  # lookup: which option holds each word (four queries per row: dense letter targets)
-        ws = [tiny.WORDS[k] for k in rng.choice(len(tiny.WORDS), 8, replace=False)]
-        cut = np.sort(rng.choice(np.arange(1, 8), 3, replace=False))
+    if rng.random() < lookup:  # lookup: which option holds each word (four queries per row: dense letter targets)
+        n = 8 if len(vocab) < 100 else int(rng.integers(8, 13))  # (8 a row in the first recipe, on tiny.WORDS)
+        ws = [vocab[k] for k in rng.choice(len(vocab), n, replace=False)]
+        cut = np.sort(rng.choice(np.arange(1, n), 3, replace=False))
         opts = np.split(np.array(ws), cut)
         shown = ", ".join(f"{L}. {', '.join(o)}" for L, o in zip("ABCD", opts))
         asks = [(str(o[rng.integers(len(o))]), L) for L, o in zip("ABCD", opts)]
@@ -236,7 +254,7 @@ def describe_score(texts, events):
     return float(np.mean([scoring.rubric(t, ", then ".join(ev), True)["score"] for t, ev in zip(texts, events)]))
 
 
-def evaluate(model, tok, held, n):
+def evaluate(model, tok, held, n, vocab=tiny.WORDS):
     """Held-out: narration rubric (true video / another video's frames), close-up colour, generic matching."""
     model.eval()
     frames, _, events = held["walks"]
@@ -263,13 +281,14 @@ def evaluate(model, tok, held, n):
     said = sum((greedy(model, tok, [encode(tok, p, None) for p, _ in items[i:i + 32]], 48)
                 for i in range(0, len(items), 32)), [])
     out["match"] = float(np.mean([s.endswith(t[-2:]) for s, (_, t) in zip(said, items)]))
-    items = [list_item(rng) for _ in range(4 * n)]
-    items = [(p, t) for p, t in items if p.endswith("each word?")][:n]
-    said = sum((greedy(model, tok, [encode(tok, p, None) for p, _ in items[i:i + 32]], 24)
-                for i in range(0, len(items), 32)), [])
-    # per query word: the letter said after "word:" in the reply equals the target's
-    out["lookup"] = float(np.mean([dict(re.findall(r"(\w+): ([ABCD])", s)).get(w) == L
-                                   for s, (_, t) in zip(said, items) for w, L in re.findall(r"(\w+): ([ABCD])", t)]))
+    # lookup on the trained words, and on words it never looked up: the world's colours and turns (the bench's)
+    for key, words in (("lookup", vocab), ("lookup_heldout", [*world.COLOURS, "left", "right"])):
+        items = [list_item(rng, words, lookup=1.0) for _ in range(n)]
+        said = sum((greedy(model, tok, [encode(tok, p, None) for p, _ in items[i:i + 32]], 32)
+                    for i in range(0, len(items), 32)), [])
+        # per query word: the letter said after "word:" in the reply equals the target's
+        out[key] = float(np.mean([dict(re.findall(r"(\w+): ([ABCD])", s)).get(w) == L
+                                  for s, (_, t) in zip(said, items) for w, L in re.findall(r"(\w+): ([ABCD])", t)]))
     model.train()
     return out
 
@@ -318,8 +337,11 @@ def export(cfg):
     model.save_pretrained(cfg.export)
     from transformers import AutoTokenizer
     AutoTokenizer.from_pretrained(src, local_files_only=True).save_pretrained(cfg.export)
-    import shutil
-    shutil.copy(os.path.join(cfg.out, "init", "generation_config.json"), cfg.export)
+    with open(os.path.join(src, "config.json")) as f:  # a checkpoint's model folder has no generation_config.json
+        c = json.load(f)
+    with open(os.path.join(cfg.export, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": c["bos_token_id"], "pad_token_id": c["pad_token_id"],
+                   "eos_token_id": [c["eos_token_id"], c["pad_token_id"]]}, f, indent=2)
     step = int(os.path.basename(os.path.dirname(src)).split("-")[1])
     with open(os.path.join(cfg.out, "log.jsonl")) as f, open(os.path.join(cfg.export, "pretrain_log.jsonl"), "w") as g:
         g.writelines(line for line in f if line.strip() and json.loads(line)["step"] <= step)  # up to the exported step
@@ -370,10 +392,11 @@ def main(cfg):
           f"{len(turns[1])} turns; from step {step}", flush=True)
 
     letters = [tok.encode(" " + L, add_special_tokens=False)[0] for L in "ABCD"]
+    vocab = lookup_vocab(tok) if cfg.lookup_vocab == "tokens" else list(tiny.WORDS)
     from tqdm import tqdm
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", dynamic_ncols=True)
     model.train()
-    while step < cfg.steps:
+    while step < (cfg.stop or cfg.steps):
         t1 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, step])  # the data of a step depends on the step only (resume)
         easy = 0.6 - (0.6 - cfg.easy_floor) * min(1.0, step / max(1, cfg.curriculum))
@@ -384,7 +407,8 @@ def main(cfg):
             ex.append(encode(tok, {id(walks): tiny.NARRATE, id(closeups): tiny.LOOK, id(turns): tiny.TURN}[id(src)],
                              str(src[1][k]), src[0][k]))
         loss_v = lm_loss(model, *collate(ex, tok.pad_token_id)) if ex else torch.zeros(())
-        batch, labels = collate([encode(tok, *list_item(rng)) for _ in range(cfg.text_batch)], tok.pad_token_id)
+        batch, labels = collate([encode(tok, *list_item(rng, vocab, cfg.lookup_share))
+                                 for _ in range(cfg.text_batch)], tok.pad_token_id)
         loss_t = lm_loss(model, batch, labels, letters)
         opt.zero_grad(set_to_none=True)
         (loss_v + loss_t).backward()
@@ -396,14 +420,14 @@ def main(cfg):
         step += 1
         rec = dict(step=step, loss_video=loss_v.item(), loss_text=loss_t.item(), lr=sched.get_last_lr()[0],
                    easy=easy, step_s=time.perf_counter() - t1)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            rec.update(evaluate(model, tok, held, cfg.eval_n))
+        if step % cfg.eval_every == 0 or step in (cfg.steps, cfg.stop):
+            rec.update(evaluate(model, tok, held, cfg.eval_n, vocab))
             tqdm.write(json.dumps(rec))
         with open(log, "a") as f:
             f.write(json.dumps(rec) + "\n")
         bar.set_postfix(video=f"{loss_v.item():.3f}", text=f"{loss_t.item():.3f}")
         bar.update(1)
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        if step % cfg.save_every == 0 or step in (cfg.steps, cfg.stop):
             dist.save_checkpoint(cfg.out, step, model, opt, sched, dict(step=step), tokenizer=tok)
     bar.close()
     print(f"done: {dist.latest_model(cfg.out)}; export with --export models/tiny-base")
