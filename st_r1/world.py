@@ -545,13 +545,6 @@ def make_rows(w, video, seed, split, index):
                 options = {L: option_text(o) for L, o in zip("ABCD", opts)}
                 problem = q + " Options: " + ", ".join(f"{L}. {t}" for L, t in options.items()) + MCQ_INSTR
                 tail = f"{COMPARE[task]}: {', '.join(truth)}, which is option {ans}. Hence, the correct answer is {ans}."
-                if task == "landmark":  # the options differ in one landmark's colour, a word only the truth holds:
-                    # the letter is then a lookup of that word ("red: B"), a skill the base model has, rather than
-                    # matching a whole list against four (which the tiny base cannot do: bench/RESULTS.md)
-                    k = next(k for k in range(len(truth)) if len({v[k] for v in vs}) > 1)
-                    colour, obj = truth[k][len("pass the "):].split(" ", 1)
-                    tail = (f"Only the {obj}'s colour differs between the options, and I passed the {colour} {obj}. "
-                            f"{colour}: {ans}. Hence, the correct answer is {ans}.")
                 solution = f"<think>{_cot(fwd, rev, reverse, tail)}</think> <answer>{ans}</answer>"
                 row["options"] = options
             row.update(problem=problem, solution=solution, video=video, original_question=problem,

@@ -103,3 +103,15 @@ def test_text_only_phase_from_a_model_folder(tmp_path):
     assert not list((tmp_path / "run").glob("*.npz"))
     rec = json.loads(open(tmp_path / "run" / "log.jsonl").read().splitlines()[0])
     assert rec["loss_video"] == 0.0 and rec["loss_text"] > 0 and "match" in rec  # evaluated at the last step
+
+
+def test_make_base_stages_are_valid_pretraining_flags():
+    """bench/make_base.py replays the base: every stage's flags must parse, and each stage after the first starts
+    from the previous one (the replay would otherwise fail hours in)."""
+    from bench import make_base
+    from st_r1 import cli
+    assert [n for n, _ in make_base.STAGES] == ["1-describe", "2-lookup", "3-video"]
+    for name, flags in make_base.STAGES:
+        cfg = cli.parse(P.Pretrain, ["--out", "x"] + flags)
+        assert not cfg.init and (cfg.stop or cfg.steps) <= cfg.steps, name
+    assert cli.parse(P.Pretrain, ["--out", "x"] + make_base.STAGES[1][1]).batch == 0  # the text-only stages

@@ -3,7 +3,6 @@ unique options, disjoint splits, readable videos, visible turns/landmarks, and t
 import collections
 import json
 import math
-import re
 
 import numpy as np
 import pytest
@@ -250,19 +249,3 @@ def test_tiny_model_weights_load(tmp_path):
     m = VideoLM.from_pretrained(str(tmp_path))
     logits = m(torch.tensor([[1, 20, 30, 2]]))
     assert logits.shape == (1, 4, json.load(open(tmp_path / "config.json"))["vocab_size"])
-
-
-def test_landmark_answer_is_a_lookup_of_the_one_colour_only_the_truth_holds(worlds):
-    """The landmark chain of thought ends "<colour>: <letter>": that colour word is in the gold option and in no other,
-    so looking it up among the options gives the answer (the generic skill the base model was pretrained on)."""
-    n = 0
-    for s, sp, i, w in worlds[:12]:
-        for r in W.make_rows(w, "v.mp4", s, sp, i):
-            if r["task"] != "landmark":
-                continue
-            m = re.search(r"\. (\w+): ([ABCD])\. Hence", r["solution"])
-            assert m and m.group(2) == r["original_answer"], r["solution"]
-            holders = [L for L, t in r["options"].items() if m.group(1) in t.lower().replace(",", " ").split()]
-            assert holders == [r["original_answer"]]
-            n += 1
-    assert n == 24
