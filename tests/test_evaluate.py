@@ -48,7 +48,7 @@ def test_end_to_end_scores_and_table(tmp_path):
     write_jsonl(tmp_path / "p.jsonl", preds)   # row 2 has no prediction: wrong
     res = run(["--bench", "bench.jsonl", "--predictions", "p.jsonl", "--out", "out/s.json"], tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "| direction | 100.0 [" in res.stdout and "| **all** |" in res.stdout and "route rubric" in res.stdout
+    assert "| **all** | 5.00 [" in res.stdout and "| direction | 50.0 [" in res.stdout and "route rubric" in res.stdout
     assert "1 of 5 bench rows have no prediction" in res.stdout
     s = json.loads((tmp_path / "out" / "s.json").read_text())
     assert s["overall"]["correct"] == 2 and s["overall"]["n"] == 4
