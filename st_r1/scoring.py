@@ -366,6 +366,8 @@ def score_rows(rows, predictions, protocol="strict", judge_url=None, judge_model
 # direction 2.05), measured on the world of 3-segment routes (bench/RESULTS.md).
 ROUTE_FLOOR = ("Route rubric floor: a constant, video-independent description already scores ~1.9 of 5 on the "
                "synthetic seed-0 test split (the wrong direction's route ~2.1); only scores above it show seeing.")
+OFFICIAL_FLOOR = ("The deterministic rubric's floor was measured on the synthetic world only (~1.9 of 5 there, a "
+                  "constant description); not on this bench.")
 PAPER_FLOOR = ("The paper's rubric (deterministic stand-in) was not measured for its floor: a reply that lists many "
                "landmark words and no turn loses nothing on two of its three parts, so read it next to strict.")
 RULES = {"strict": "strict: exactly one option letter in one <answer> block; route: order-aware rubric of <answer>",
@@ -395,9 +397,15 @@ def markdown_table(scores):
     parts = sorted({x["part"] for x in rows if x.get("part")})
     lines = [f"Protocol {RULES[protocol]}. Cells: accuracy % or route score (0-5) [95% CI] (n scored).", "",
              "| part | " + " | ".join(f"{t} {r}" for t, r in cols) + " | MC all |", "|---" * (len(cols) + 2) + "|"]
+    def cell(g, t):
+        got = _route_cell(scores["route"].get(g)) if t == "route" else _cell(scores["mcq"].get(g))
+        if got == "-" and scores.get("no_gold", {}).get(g):
+            return f"no gold ({scores['no_gold'][g]})"
+        if got == "-" and scores.get("skipped", {}).get(protocol, {}).get(g):
+            return f"skipped ({scores['skipped'][protocol][g]})"
+        return got
     for name, pre in [(f"Part{k}", f"part{k}") for k in parts] + [("**all**", "")]:
-        cells = [(_route_cell(scores["route"].get(f"{pre}/{t}/{r}".lstrip("/"))) if t == "route" else
-                  _cell(scores["mcq"].get(f"{pre}/{t}/{r}".lstrip("/")))) for t, r in cols]
+        cells = [cell(f"{pre}/{t}/{r}".lstrip("/"), t) for t, r in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {_cell(scores['mcq'].get(pre or 'overall'))} |")
     lines += ["", "| part | multiple choice scored | no gold (not scored) | route scored | skipped | no prediction |",
               "|---|---|---|---|---|---|"]
@@ -422,7 +430,8 @@ def markdown_table(scores):
         stats = scores.get(name) or {}
         if not stats:
             continue
-        lines += ["", ROUTE_FLOOR if protocol == "strict" else PAPER_FLOOR, ""] if name == "route" else [""]
+        floor = (ROUTE_FLOOR if not parts else OFFICIAL_FLOOR) if protocol == "strict" else PAPER_FLOOR
+        lines += ["", floor, ""] if name == "route" else [""]
         lines += [f"| {name} rubric, {protocol} (0-5) | direction | landmark | semantic | score [95% CI] | n |",
                   "|---|---|---|---|---|---|"]
         for g in ("forward", "reverse", "overall"):
