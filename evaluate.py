@@ -48,7 +48,7 @@ class Options:
     model: str = ""               # HF folder of a Qwen2-VL / Qwen2.5-VL model: make predictions with ours first
     video_root: str = ""          # relative video paths resolve here; default: the bench file's folder (or the folder)
     batch_size: int = 8
-    max_new_tokens: int = 0       # 0: 512, the paper's inference; 256 for the embedded tiny model (its CoTs are shorter)
+    max_new_tokens: int = 0       # 0: 512, the paper's inference; 256 for the tiny models (their CoTs are shorter)
     num_frames: int = 8
     min_pixels: int = 56 * 56     # per frame, as train_sft.py / train_grpo.py; the authors evaluate at max 151200
     max_pixels: int = 128 * 28 * 28
@@ -301,6 +301,18 @@ def validate(opt):
     cli.check(opt.judge_timeout > 0, "judge_timeout", f"must be > 0, got {opt.judge_timeout}")
 
 
+def default_max_new_tokens(model_dir):
+    """512, the paper's inference; 256 for a model of st_r1.tiny's family (its vocabulary, trained on the synthetic
+    world's text, has under 10,000 tokens; Qwen-VL's 151,000), whose chains of thought are ~230 tokens."""
+    try:
+        with open(os.path.join(model_dir, "config.json")) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return 512
+    vocab = cfg.get("vocab_size") or (cfg.get("text_config") or {}).get("vocab_size") or 10 ** 9
+    return 256 if vocab < 10_000 else 512
+
+
 def load_bench(opt):
     """(rows, files read) of --bench: the official release (st_r1/official.py), else our JSONL."""
     from st_r1 import data, official
@@ -333,14 +345,13 @@ def load_predictions(opt, path, bench_rows, limit, errors):
 
 
 def main(opt):
-    from st_r1 import data, official
+    from st_r1 import official
     validate(opt)
     bench_rows, files = load_bench(opt)
     if not opt.model and not opt.predictions:
         sys.exit("evaluate.py: give --predictions P.jsonl (any model's replies) or --model DIR (ours)")
-    if not opt.max_new_tokens:  # the paper's 512; the embedded tiny model's chains of thought fit in 256
-        tiny = os.path.abspath(opt.model) == os.path.abspath(data.default_model())
-        opt.max_new_tokens = 256 if tiny else 512
+    if not opt.max_new_tokens:
+        opt.max_new_tokens = default_max_new_tokens(opt.model)
     ids = [r["id"] for r in bench_rows] if "id" in bench_rows[0] else None
     rows = bench_rows[:opt.limit] if opt.limit > 0 else bench_rows
     path = opt.predictions or os.path.splitext(opt.out)[0] + ".predictions.jsonl"

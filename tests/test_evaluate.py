@@ -295,3 +295,10 @@ def test_model_path_end_to_end(tmp_path):
     assert res.returncode == 0 and "3 predictions already" in res.stdout, res.stderr
     again = [json.loads(line) for line in (tmp_path / "s.predictions.jsonl").read_text().splitlines()]
     assert again == made
+
+
+def test_max_new_tokens_default_is_the_papers_512_and_256_for_tiny_models(tmp_path):
+    assert evaluate.default_max_new_tokens(os.path.join(ROOT, "models", "tiny-base")) == 256
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_vl", "text_config": {"vocab_size": 151936}}))
+    assert evaluate.default_max_new_tokens(str(tmp_path)) == 512
+    assert evaluate.default_max_new_tokens(str(tmp_path / "none")) == 512
