@@ -194,7 +194,8 @@ def test_wording_of_real_questions_without_labels():
                         "the directions you take.", "original_answer": "Turn left at the door."}
     assert S.task_of(route) == "route" and S.is_reverse(route) is False
     # a multiple-choice question is read by the first task word it names
-    mixed = {"problem": "Which landmarks did you pass, whatever direction you took? Options: A. x", "original_answer": "A"}
+    mixed = {"problem": "Which landmarks did you pass, whatever direction you took? Options: A. x",
+             "original_answer": "A"}
     assert S.task_of(mixed) == "landmark"
 
 
