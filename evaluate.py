@@ -1,17 +1,27 @@
-"""Score a model on an Ego-ST-format bench: accuracy per task, forward vs reverse (95% Wilson CI), and the route rubric.
+"""Score a model on Ego-ST Bench: accuracy per task, forward vs reverse (95% Wilson CI), and the route rubric.
 
     python evaluate.py --bench B.jsonl --predictions P.jsonl            # predictions of any model
     python evaluate.py --bench B.jsonl --model DIR [--predictions P.jsonl]  # ours makes them first (greedy)
+    python evaluate.py --bench Ego-ST-bench/ --video-root Ego-ST-video/ --predictions OUT.json --protocol paper
     python evaluate.py                                                  # tiny model on the synthetic world
 
+--bench is our JSONL (or a folder holding test.jsonl), or the official release: a PartK_{forward,reverse}_{kind}.json
+file or a folder of them (st_r1/official.py; --parts, --kinds, --gold-field select and read it).
+
 Predictions JSONL, one object a line: {"index": i, "prediction": "<think>...</think> <answer>B</answer>"} with i the
-0-based position of the row in the bench (blank lines not counted), or bench rows carrying a "prediction" key (then
-the line's position is its index; "index" on every line or on none). A bench row with no prediction counts as wrong;
-two predictions for one row are an error. With --model, each prediction is appended and flushed as soon as it is
-made, so a run that is stopped resumes where it stopped (indices already in the file are skipped; a last line that
-does not parse, a write cut short, is removed, and said so). A row whose video cannot be read is written as
-{"index": i, "error": why}: wrong now, retried by the next run. PATH.meta.json records what made the file (model and
-weights hash, bench hash, frames, pixels, max new tokens, prompt); --model refuses to add to a file made otherwise.
+0-based position of the row in the bench (blank lines not counted), or {"id": "Part1_forward_mcq.json:12",
+"prediction": ...} (the official release: file name and sample key), or bench rows carrying a "prediction" key (then
+the line's position is its index; "index" or "id" on every line or on none). For the official release, the authors'
+output layout is read too: a .json file (or a folder of them) of the bench's samples with "predict" added. A bench
+row with no prediction counts as wrong; two predictions for one row are an error. With --model, each prediction is
+appended and flushed as soon as it is made, so a run that is stopped resumes where it stopped (rows already in the
+file are skipped; a last line that does not parse, a write cut short, is removed, and said so). A row whose video
+cannot be read is written as {"index": i, "error": why}: wrong now, retried by the next run. PATH.meta.json records
+what made the file (model and weights hash, bench hash, frames, pixels, max new tokens, prompt); --model refuses to
+add to a file made otherwise.
+
+--protocol strict (ours, default) or paper (the authors' answer parsing and route rubric): the report shows both
+accuracies for the same predictions either way; scoring.py says what each rule is.
 """
 import json
 import os
@@ -25,15 +35,23 @@ from st_r1.data import DataError
 @dataclass
 class Options:
     """Score (and with --model, first make) predictions on an Ego-ST-format bench."""
-    bench: str = ""               # Ego-ST JSONL, or a folder (its test.jsonl); empty: the synthetic world's test split
+    bench: str = ""               # Ego-ST JSONL, a folder (its test.jsonl), or the official release (a PartK_*.json
+    #                               file or a folder of them); empty: the synthetic world's test split
+    parts: str = ""               # official release: only these parts, e.g. "1,2"
+    kinds: str = ""               # official release: only these kinds (mcq, mcq_landmark, mcq_action, qa) or tasks
+    gold_field: str = ""          # official release: the MCQ field holding the gold letter; default: the usual names
+    protocol: str = "strict"      # strict (ours) or paper (the authors' answer rule and route rubric); both shown
     world: str = "data/world"     # synthetic bench folder used when no --bench is given
-    predictions: str = ""         # JSONL of predictions; default with --model: {out without .json}.predictions.jsonl
+    predictions: str = ""         # JSONL of predictions, or the authors' .json output; default with --model:
+    #                               {out without .json}.predictions.jsonl
     out: str = "scores.json"      # all scores as JSON (groups and per-row results)
     model: str = ""               # HF folder of a Qwen2-VL / Qwen2.5-VL model: make predictions with ours first
-    video_root: str = ""          # relative video paths resolve here; default: the bench file's folder
+    video_root: str = ""          # relative video paths resolve here; default: the bench file's folder (or the folder)
     batch_size: int = 8
-    max_new_tokens: int = 256
+    max_new_tokens: int = 0       # 0: 512, the paper's inference; 256 for the tiny models (their CoTs are shorter)
     num_frames: int = 8
+    min_pixels: int = 56 * 56     # per frame, as train_sft.py / train_grpo.py; the authors evaluate at max 151200
+    max_pixels: int = 128 * 28 * 28
     limit: int = 0                # > 0: only the first N bench rows
     judge_url: str = ""           # OpenAI-compatible endpoint: also ask it the route rubric
     judge_model: str = "judge"
@@ -43,12 +61,19 @@ class Options:
     force_new: bool = False       # with --model: discard the predictions file (made by another set-up) and start over
 
 
-def read_predictions(path, n_rows, repair_tail=False, limit=None, errors=None):
-    """{index: text} from a predictions JSONL; indices >= limit (--limit) are ignored. Lines {"index": i, "error":
-    why} (a row our model could not read) are not predictions: they go to `errors` and a rerun retries them.
-    A bad line is a DataError naming path:line. Only a LAST line that does not parse, with repair_tail, is taken
-    for an interrupted write of ours: it is cut off the file, and the cut is reported."""
-    out, seen = {}, {}
+KEYING = {"index": 'an "index"', "id": 'an "id"', "position": 'neither "index" nor "id"'}
+
+
+def read_predictions(path, n_rows, repair_tail=False, limit=None, errors=None, ids=None):
+    """{index: text} from a predictions JSONL; indices >= limit (--limit) are ignored. A line names its row by
+    "index", by "id" (one of `ids`, the official release's "<file name>:<sample key>", which stays right whatever
+    --parts / --kinds keep), or by its position. Lines {"index": i, "error": why} (a row our model could not read)
+    are not predictions: they go to `errors` and a rerun retries them. A bad line is a DataError naming path:line.
+    Only a LAST line that does not parse, with repair_tail, is taken for an interrupted write of ours: it is cut off
+    the file, and the cut is reported."""
+    from st_r1.official import NAME_RE
+    out, seen, index_of = {}, {}, {x: i for i, x in enumerate(ids or ())}
+    read = {x.partition(":")[0] for x in index_of}
     if not os.path.exists(path):
         return out
     with open(path, "rb") as f:
@@ -71,17 +96,29 @@ def read_predictions(path, n_rows, repair_tail=False, limit=None, errors=None):
             if not isinstance(obj, dict) or not (isinstance(obj.get("prediction"), str)
                                                  or isinstance(obj.get("error"), str)):
                 raise DataError(f'{path}:{lineno}: expected an object with a string "prediction" (or "error")')
-            if keyed is None:
-                keyed = "index" in obj
-            if keyed != ("index" in obj):  # a positional line and an indexed one could name the same row
-                raise DataError(f'{path}:{lineno}: some lines have an "index" and some do not; give it on every line')
-            i = obj.get("index", position)
-            if type(i) is not int or not 0 <= i < n_rows:  # type(): True is not row 1
-                raise DataError(f"{path}:{lineno}: index {i!r} is not a bench position (bench has {n_rows} rows)")
+            mode = "id" if "id" in obj else "index" if "index" in obj else "position"
+            keyed = keyed or mode
+            if keyed != mode:  # a positional line and a keyed one could name the same row
+                raise DataError(f"{path}:{lineno}: some lines have {KEYING[keyed]} and this one has {KEYING[mode]}; "
+                                f"name rows the same way on every line")
+            if mode == "id":
+                if obj["id"] not in index_of:
+                    file = str(obj["id"]).partition(":")[0]
+                    if ids and NAME_RE.fullmatch(file) and file not in read:  # a file --parts / --kinds left out
+                        position += 1
+                        continue
+                    raise DataError(f"{path}:{lineno}: id {obj['id']!r} is not a sample of the bench" + (
+                        f" (its ids look like {ids[0]!r})" if ids else '; this bench has no ids: use "index"'))
+                i, name = index_of[obj["id"]], f"id {obj['id']!r}"
+            else:
+                i = obj.get("index", position)
+                name = f"index {i!r}"
+                if type(i) is not int or not 0 <= i < n_rows:  # type(): True is not row 1
+                    raise DataError(f"{path}:{lineno}: {name} is not a bench position (bench has {n_rows} rows)")
             position += 1
             if "prediction" in obj and isinstance(obj["prediction"], str):
                 if i in out:
-                    raise DataError(f"{path}:{lineno}: index {i} already has a prediction (line {seen[i]})")
+                    raise DataError(f"{path}:{lineno}: {name} already has a prediction (line {seen[i]})")
                 if limit is None or i < limit:
                     out[i], seen[i] = obj["prediction"], lineno
                     if errors is not None:
@@ -115,7 +152,8 @@ def predict(model, tok, rows, enc, batch_size=8, max_new_tokens=256, on_predicti
                 encoded.append(enc.encode(rows[i]))
                 idx.append(i)
             except (VideoError, data.TooLong) as e:
-                print(f"{source}:{rows[i].get('_line', i + 1)}: {e}; counted as wrong", file=sys.stderr)
+                where = rows[i].get("id") or f"{source}:{rows[i].get('_line', i + 1)}"
+                print(f"{where}: {e}; counted as wrong", file=sys.stderr)
                 if on_prediction:
                     on_prediction(i, None, error=str(e))
         if encoded:
@@ -140,13 +178,15 @@ def load_ours(opt):
 
     tok = data.load_tokenizer(opt.model)
     model = VideoLM.from_pretrained(opt.model).eval()
-    enc = data.PromptEncoder(tok, video_root=video_root(opt), num_frames=opt.num_frames,
-                             max_len=data.context_limit(opt.model, opt.max_seq_len))
+    enc = data.PromptEncoder(tok, video_root=video_root(opt), num_frames=opt.num_frames, min_pixels=opt.min_pixels,
+                             max_pixels=opt.max_pixels, max_len=data.context_limit(opt.model, opt.max_seq_len))
     return model, tok, enc
 
 
 def video_root(opt):
-    return opt.video_root or os.path.dirname(os.path.abspath(opt.bench))
+    if opt.video_root:
+        return opt.video_root
+    return opt.bench if os.path.isdir(opt.bench) else os.path.dirname(os.path.abspath(opt.bench))
 
 
 def file_hash(paths):
@@ -159,16 +199,15 @@ def file_hash(paths):
     return h.hexdigest()
 
 
-def provenance(opt):
+def provenance(opt, files):
     """What made a predictions file: another model, bench, video set-up or decoding makes other predictions."""
     from st_r1 import chat
-    from st_r1.video import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS
     weights = sorted(f for f in os.listdir(opt.model) if f.endswith(".safetensors")) if os.path.isdir(opt.model) else []
     return dict(model=os.path.abspath(opt.model),
                 weights_sha256=file_hash([os.path.join(opt.model, f) for f in weights]),
-                bench=os.path.abspath(opt.bench), bench_sha256=file_hash([opt.bench]),
+                bench=os.path.abspath(opt.bench), bench_sha256=file_hash(files),
                 video_root=os.path.abspath(video_root(opt)), num_frames=opt.num_frames,
-                min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS, max_new_tokens=opt.max_new_tokens,
+                min_pixels=opt.min_pixels, max_pixels=opt.max_pixels, max_new_tokens=opt.max_new_tokens,
                 max_seq_len=opt.max_seq_len,
                 protocol="greedy; prompt " + file_hash_text(chat.prompt_text("{question}", 1)))
 
@@ -178,10 +217,10 @@ def file_hash_text(text):
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def check_provenance(opt, path):
+def check_provenance(opt, path, files):
     """A predictions file that --model appends to must have been made by the same set-up (its sidecar
     PATH.meta.json says by what); anything else is refused, so scores never mix two models' predictions."""
-    meta_path, now = path + ".meta.json", provenance(opt)
+    meta_path, now = path + ".meta.json", provenance(opt, files)
     has_lines = os.path.exists(path) and os.path.getsize(path) > 0
     if opt.force_new and os.path.exists(path):
         print(f"--force-new: starting over, removing {path} ({os.path.getsize(path)} bytes)")
@@ -204,12 +243,13 @@ def check_provenance(opt, path):
         json.dump(now, f, indent=1)
 
 
-def make_predictions(opt, rows, path, n_bench):
+def make_predictions(opt, rows, path, n_bench, files, ids=None):
     """Run our model on the rows not yet in `path`, appending each prediction to it (flushed). Rows whose video
-    could not be read are written as {"index", "error"} lines and retried by the next run."""
-    check_provenance(opt, path)
-    done = read_predictions(path, n_bench, repair_tail=True, limit=len(rows))
-    todo = [i for i in range(len(rows)) if i not in done]
+    could not be read are written as {"index", "error"} lines and retried by the next run. Official rows are named
+    by "id" instead of "index"; a row with no options (skipped) is never asked."""
+    check_provenance(opt, path, files)
+    done = read_predictions(path, n_bench, repair_tail=True, limit=len(rows), ids=ids)
+    todo = [i for i in range(len(rows)) if i not in done and not rows[i].get("skip")]
     print(f"{len(done)} predictions already in {path}, {len(todo)} to make with {opt.model}")
     if not todo:
         return
@@ -224,7 +264,8 @@ def make_predictions(opt, rows, path, n_bench):
                 f.write(b"\n")
     with open(path, "a", encoding="utf-8") as f:
         def write(j, text, error=None):
-            rec = {"index": todo[j], "prediction": text} if error is None else {"index": todo[j], "error": error}
+            rec = {"id": ids[todo[j]]} if ids else {"index": todo[j]}
+            rec.update({"prediction": text} if error is None else {"error": error})
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
         predict(model, tok, [rows[i] for i in todo], enc, opt.batch_size, opt.max_new_tokens, write, opt.progress,
@@ -251,44 +292,98 @@ def default_bench(opt):
 def validate(opt):
     """Refuse flag values that would crash later, naming the flag."""
     cli.check(opt.batch_size >= 1, "batch_size", f"must be >= 1, got {opt.batch_size}")
-    cli.check(opt.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {opt.max_new_tokens}")
+    cli.check(opt.max_new_tokens >= 0, "max_new_tokens", f"must be >= 1 (or 0: the default), got {opt.max_new_tokens}")
+    cli.check(0 < opt.min_pixels <= opt.max_pixels, "min_pixels", "must be > 0 and <= --max-pixels")
+    cli.check(opt.protocol in scoring.PROTOCOLS, "protocol", f"must be one of {', '.join(scoring.PROTOCOLS)}, "
+              f"got {opt.protocol!r}")
     cli.check(opt.num_frames >= 1, "num_frames", f"must be >= 1, got {opt.num_frames}")
     cli.check(opt.limit >= 0 and opt.max_seq_len >= 0, "limit", "and --max-seq-len must be >= 0")
     cli.check(opt.judge_timeout > 0, "judge_timeout", f"must be > 0, got {opt.judge_timeout}")
 
 
-def main(opt):
-    from st_r1 import data
-    validate(opt)
+def default_max_new_tokens(model_dir):
+    """512, the paper's inference; 256 for a model of st_r1.tiny's family (its vocabulary, trained on the synthetic
+    world's text, has under 10,000 tokens; Qwen-VL's 151,000), whose chains of thought are ~230 tokens."""
+    try:
+        with open(os.path.join(model_dir, "config.json")) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return 512
+    vocab = cfg.get("vocab_size") or (cfg.get("text_config") or {}).get("vocab_size") or 10 ** 9
+    return 256 if vocab < 10_000 else 512
+
+
+def load_bench(opt):
+    """(rows, files read) of --bench: the official release (st_r1/official.py), else our JSONL."""
+    from st_r1 import data, official
     if not opt.bench:
         opt.bench = default_bench(opt)
-    elif os.path.isdir(opt.bench):  # a bench folder, as train_sft.py / train_grpo.py take it: score its test split
+    elif os.path.isfile(os.path.join(opt.bench, "test.jsonl")):  # a bench folder, as the training scripts take it
         opt.bench = os.path.join(opt.bench, "test.jsonl")
+    if official.is_official(opt.bench):
+        return official.load_official(opt.bench, opt.parts, opt.kinds, opt.gold_field)
+    if opt.parts or opt.kinds or opt.gold_field:
+        raise cli.UserError(f"--parts, --kinds and --gold-field read the official release (PartK_*.json files); "
+                            f"{opt.bench} is JSONL")
+    return data.load_rows(opt.bench), [opt.bench]
+
+
+def load_predictions(opt, path, bench_rows, limit, errors):
+    """{row index < limit: reply}: the authors' .json output layout (a file or a folder) for the official release,
+    else our JSONL (rows named by "id" for the official release)."""
+    from st_r1 import official
+    ids = [r["id"] for r in bench_rows] if "id" in bench_rows[0] else None
+    if os.path.isdir(path) or path.endswith(".json"):
+        if not ids:
+            raise cli.UserError(f"{path}: the authors' .json output layout is read for the official release only; "
+                                f"give JSONL predictions for {opt.bench}")
+        preds, unmatched = official.read_authors_predictions(path, bench_rows)
+        if unmatched:
+            print(f"{path}: {unmatched} predicted samples are not in the bench read (--parts / --kinds?): ignored")
+        return {i: p for i, p in preds.items() if i < limit}
+    return read_predictions(path, len(bench_rows), limit=limit, errors=errors, ids=ids)
+
+
+def main(opt):
+    from st_r1 import official
+    validate(opt)
+    bench_rows, files = load_bench(opt)
     if not opt.model and not opt.predictions:
         sys.exit("evaluate.py: give --predictions P.jsonl (any model's replies) or --model DIR (ours)")
-    rows = data.load_rows(opt.bench)
-    n_bench = len(rows)
-    if opt.limit > 0:
-        rows = rows[:opt.limit]
+    if not opt.max_new_tokens:
+        opt.max_new_tokens = default_max_new_tokens(opt.model)
+    ids = [r["id"] for r in bench_rows] if "id" in bench_rows[0] else None
+    rows = bench_rows[:opt.limit] if opt.limit > 0 else bench_rows
     path = opt.predictions or os.path.splitext(opt.out)[0] + ".predictions.jsonl"
+    if opt.model and (os.path.isdir(path) or path.endswith(".json")):
+        raise cli.UserError(f"--model appends JSONL predictions; {path} is the authors' .json layout: give "
+                            f"--predictions P.jsonl (or score {path} alone, without --model)")
     if opt.model:
-        make_predictions(opt, rows, path, n_bench)
+        # the whole release's files: predictions (by id) stay valid whatever --parts / --kinds select
+        whole = official.bench_files(opt.bench) if ids else files
+        make_predictions(opt, rows, path, len(bench_rows), whole, ids)
     errors = {}
-    preds = read_predictions(path, n_bench, limit=len(rows), errors=errors)
-    if not preds and not errors and not os.path.exists(path):
+    if not os.path.exists(path):
         sys.exit(f"evaluate.py: {path} does not exist")
+    preds = load_predictions(opt, path, bench_rows, len(rows), errors)
     predictions = [preds.get(i) for i in range(len(rows))]
-    scores = scoring.score_rows(rows, predictions, judge_url=opt.judge_url or None, judge_model=opt.judge_model,
-                                judge_timeout=opt.judge_timeout, judge_key=os.environ.get("JUDGE_API_KEY"))
+    scores = scoring.score_rows(rows, predictions, protocol=opt.protocol, judge_url=opt.judge_url or None,
+                                judge_model=opt.judge_model, judge_timeout=opt.judge_timeout,
+                                judge_key=os.environ.get("JUDGE_API_KEY"))
     scores["options"] = asdict(opt)
-    scores["bench"], scores["predictions"] = opt.bench, path
+    scores["bench"], scores["bench_files"], scores["predictions"] = opt.bench, files, path
     scores["unreadable"] = len(errors)  # rows whose video our model could not read: wrong, retried by a rerun
     for i, why in errors.items():
         scores["rows"][i]["error"] = why
     if scores["missing"]:
         print(f"warning: {scores['missing']} of {len(rows)} bench rows have no prediction in {path}; counted wrong"
+              f" (a route row under --protocol paper: skipped)"
               + (f" ({len(errors)} of them: video unreadable, e.g. row {min(errors)}: {errors[min(errors)]}; "
                  f"a rerun with --model retries them)" if errors else ""))
+    untagged = sum(p is not None and "<answer>" not in p for p in predictions)
+    if untagged:  # the authors' MCQ output stores the extracted letter alone: strict cannot read it
+        print(f"note: {untagged} of {len(rows)} predictions have no <answer> tags: strict scores them wrong (or 0), "
+              f"paper reads the whole reply; both are shown below")
     print(scoring.markdown_table(scores))
     os.makedirs(os.path.dirname(os.path.abspath(opt.out)), exist_ok=True)
     tmp = opt.out + ".tmp"

@@ -22,25 +22,33 @@ def _question(row):
 
 
 def task_of(row):
-    """row["task"] (our rows), else from the authors' wording: "what directions" -> direction, "which
-    landmarks" -> landmark, "which actions" -> action, an answer that is not a letter -> route; else "other"."""
+    """row["task"] (our rows, the official release's), else from the authors' wording. A row without a gold letter
+    asks for a route, whatever words its question uses ("describe the route, with its directions"); a multiple-choice
+    row asks what the first of "direction", "landmark", "action" in its question names; else "other"."""
     if row.get("task"):
         return row["task"]
+    if row_gold(row) is None:
+        return "route"
     q = _question(row)
-    for word, task in (("direction", "direction"), ("landmark", "landmark"), ("action", "action")):
-        if word in q:
-            return task
-    return "route" if row_gold(row) is None else "other"
+    named = sorted((q.find(word), word) for word in ("direction", "landmark", "action") if word in q)
+    return named[0][1] if named else "other"
+
+
+# where the asked walk goes: "to (the) starting point", "back to the start", "reach your destination", ...; a
+# bare "start" counts only with an article ("you need to start walking" names no goal)
+_GOAL_RE = re.compile(r"\b(?:to|reach|reaching)\s+(?:(the|your)\s+)?(starting\s+point|start(?:\s+point)?|destination"
+                      r"|end\s*point|goal)\b")
 
 
 def is_reverse(row):
-    """row["reverse"] (our rows), else True when the authors' question goes back to the start ("get to
-    starting point", "return to the starting point", "back to the start"), False when it goes to the
-    destination."""
+    """row["reverse"] (our rows, the official release's), else True when the last goal the question names is the
+    start ("get to starting point", "return to the starting point", "back to the start"), False when it is the
+    destination: a forward question that mentions the start ("from the starting point to your destination") is
+    forward."""
     if "reverse" in row:
         return bool(row["reverse"])
-    q = _question(row)
-    return "starting point" in q or "back to the start" in q or "return to the start" in q
+    goals = [m.group(2) for m in _GOAL_RE.finditer(_question(row)) if m.group(1) or m.group(2) != "start"]
+    return bool(goals) and goals[-1].startswith("start")
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -126,6 +134,59 @@ def rubric_score(text, row):
     return rubric(description, reference, vocabulary)
 
 
+# ----------------------------------------------------------------------------- the paper's protocol
+
+PROTOCOLS = ("strict", "paper")
+_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
+
+
+def paper_answer(text):
+    """What the authors' scripts read of a reply: the first <answer>...</answer> block, else the whole reply
+    (base models such as Qwen2-VL-7B often answer with no tags; the paper's baselines were read this way)."""
+    m = _ANSWER_RE.search(text)
+    return (m.group(1) if m else text).strip()
+
+
+def paper_letter(text):
+    """The paper's answer letter (the authors' extract_choice): the first capital A-D character of paper_answer. Its
+    leading-letter regex is subsumed by this; the rule reads "Based on the video" as B, and "A or B" as A."""
+    return next((c for c in paper_answer(text) if c in "ABCD"), None)
+
+
+def paper_rubric(description, reference, vocabulary):
+    """A deterministic stand-in for the paper's judge, with its asymmetries (each 0-5, score = their mean):
+      direction = 5 * (1 - turns of the description absent from the reference / its turns): the judge lowers this
+                  part for direction changes the reference does not have, so a description with no turn keeps 5;
+      landmark  = 5 * (reference landmarks the description names / reference landmarks): missing ones cost,
+                  extra ones do not;
+      semantic  = 5 * F1(content words), as in rubric().
+    Counted as multisets: the judge's description says nothing of order (ours, rubric(), is order-aware)."""
+    d_turns, d_marks = route_parts(description, vocabulary)
+    r_turns, r_marks = route_parts(reference, vocabulary)
+    extra = sum((Counter(d_turns) - Counter(r_turns)).values())
+    missing = sum((Counter(r_marks) - Counter(d_marks)).values())
+    out = {"direction": 5 * (1 - extra / len(d_turns)) if d_turns else 5.0,
+           "landmark": 5 * (1 - missing / len(r_marks)) if r_marks else 5.0,
+           "semantic": 5 * bag_f1(_content_words(description), _content_words(reference))}
+    out["score"] = (out["direction"] + out["landmark"] + out["semantic"]) / 3
+    return out
+
+
+def route_score(text, row, protocol="strict"):
+    """(rubric, None) for a route reply, or (None, why) when the sample is skipped. Both protocols skip an empty
+    reference (nothing to score against). strict: rubric() of the one <answer> block, all 0 without it. paper:
+    paper_rubric() of paper_answer(), and an empty or missing reply is skipped, as the authors' judge script does."""
+    reference, vocabulary = reference_of(row)
+    if not reference.strip():
+        return None, "empty reference"
+    if protocol == "strict":
+        return rubric_score(text or "", row), None
+    description = paper_answer(text or "")
+    if not description:
+        return None, "empty reply"
+    return paper_rubric(description, reference, vocabulary), None
+
+
 # ----------------------------------------------------------------------------- LLM judge
 
 JUDGE_SYSTEM = "You are a strict grader of egocentric route descriptions. Reply with JSON only."
@@ -136,6 +197,23 @@ Score three parts, each an integer from 0 (wrong) to 5 (fully right):
 - semantic: the overall meaning of the route.
 REFERENCE: {reference}
 ANSWER: {answer}
+Reply with exactly one JSON object: {{"direction": d, "landmark": l, "semantic": s}}"""
+
+
+# The paper's judge (its text is not released): written here from the paper's description. It sees the question,
+# scores the same three parts with the paper's asymmetries, and the score is their mean.
+PAPER_JUDGE_SYSTEM = ("You are an expert grader of route descriptions made from egocentric videos. Reply with JSON "
+                      "only.")
+PAPER_JUDGE_TEMPLATE = """Grade the PREDICTED answer to the QUESTION against the CORRECT answer.
+Score three parts, each an integer from 0 to 5:
+- direction: lower this score for every change of direction in the PREDICTED answer that the CORRECT answer does not
+  contain;
+- landmark: lower this score for every landmark of the CORRECT answer that the PREDICTED answer leaves out; do NOT
+  lower it for landmarks the PREDICTED answer adds;
+- semantic: the overall logical consistency and semantic similarity of the PREDICTED answer with the CORRECT one.
+QUESTION: {question}
+CORRECT: {reference}
+PREDICTED: {answer}
 Reply with exactly one JSON object: {{"direction": d, "landmark": l, "semantic": s}}"""
 
 
@@ -161,15 +239,20 @@ def _post_json(url, body, timeout, api_key=None):
         raise JudgeError(f"judge {url}: reply is not JSON: {raw[:200]!r}") from None
 
 
-def judge_rubric(description, reference, url, model="judge", timeout=60.0, api_key=None):
-    """The same rubric asked of an OpenAI-compatible endpoint (POST {url}/v1/chat/completions, temperature 0).
-    Returns {"direction", "landmark", "semantic", "score"}; JudgeError names the url and what was wrong."""
+def judge_rubric(description, reference, url, model="judge", timeout=60.0, api_key=None, question=None):
+    """The rubric asked of an OpenAI-compatible endpoint (POST {url}/v1/chat/completions, temperature 0): ours, or
+    with `question` the paper's (PAPER_JUDGE_TEMPLATE). Returns {"direction", "landmark", "semantic", "score"};
+    JudgeError names the url and what was wrong."""
     url = url.rstrip("/")
     if not url.endswith("/chat/completions"):
         url += "/chat/completions" if url.endswith("/v1") else "/v1/chat/completions"
-    body = {"model": model, "temperature": 0, "messages": [
-        {"role": "system", "content": JUDGE_SYSTEM},
-        {"role": "user", "content": JUDGE_TEMPLATE.format(reference=reference, answer=description or "")}]}
+    if question is None:
+        system, user = JUDGE_SYSTEM, JUDGE_TEMPLATE.format(reference=reference, answer=description or "")
+    else:
+        system = PAPER_JUDGE_SYSTEM
+        user = PAPER_JUDGE_TEMPLATE.format(question=question, reference=reference, answer=description or "")
+    body = {"model": model, "temperature": 0, "messages": [{"role": "system", "content": system},
+                                                          {"role": "user", "content": user}]}
     reply = _post_json(url, body, timeout, api_key)
     try:
         content = reply["choices"][0]["message"]["content"]
@@ -189,41 +272,90 @@ def judge_rubric(description, reference, url, model="judge", timeout=60.0, api_k
 # ----------------------------------------------------------------------------- the bench
 
 
-def score_rows(rows, predictions, judge_url=None, judge_model="judge", judge_timeout=60.0, judge_key=None):
-    """Score predictions (list of reply texts, None = missing = wrong) aligned with bench rows.
+def _groups(row, task, rev):
+    """The groups a row counts in: overall, its direction, its task, task/direction, and with a part (the official
+    release) partK and partK/task/direction."""
+    d = "reverse" if rev else "forward"
+    out = ["overall", d, task, f"{task}/{d}"]
+    if row.get("part"):
+        out += [f"part{row['part']}", f"part{row['part']}/{task}/{d}"]
+    return out
 
-    Returns {"overall": acc stat of all multiple-choice rows, "mcq": {group: acc stat}, "route": {group:
-    rubric stat}, "judge": {...} (with judge_url), "missing": n, "rows": [per-row results]}; groups are
-    "overall", "forward", "reverse", "<task>", "<task>/forward", "<task>/reverse"; an acc stat is
-    {"n", "correct", "accuracy", "ci_low", "ci_high"}."""
+
+def score_rows(rows, predictions, protocol="strict", judge_url=None, judge_model="judge", judge_timeout=60.0,
+               judge_key=None):
+    """Score predictions (list of reply texts, None = missing) aligned with bench rows, under both protocols.
+
+    strict (ours): answer_letter (exactly one option letter in one <answer> block), the order-aware route rubric;
+    paper: paper_letter (first A-D of the first <answer>, or of the whole reply), paper_rubric, empty replies skipped.
+    A missing prediction of a multiple-choice row is wrong under both. A multiple-choice row without a gold letter
+    (the official release may carry none) is "no gold": counted, never scored. A row with "skip" is skipped.
+
+    Returns {"protocol", "overall": acc stat of all multiple-choice rows, "mcq": {group: acc stat}, "route": {group:
+    rubric stat}, all under `protocol`; "by_protocol": {p: {"overall", "mcq", "route"}} for both; "no_gold" and
+    "skipped" ({protocol: ...}): {group: count}; "judge": {...} (with judge_url, under `protocol`); "missing": n;
+    "rows": [per-row results]}. Groups: see _groups; an acc stat is {"n", "correct", "accuracy", "ci_low",
+    "ci_high"}."""
     if len(rows) != len(predictions):
         raise ValueError(f"{len(rows)} rows but {len(predictions)} predictions")
-    per_row, mcq, route, judge = [], {}, {}, {}
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    per_row, judge, no_gold = [], {}, Counter()
+    mcq, route, skipped = ({p: {} for p in PROTOCOLS} for _ in range(3))
     for i, (row, pred) in enumerate(zip(rows, predictions)):
         text = pred or ""
         task, rev = task_of(row), is_reverse(row)
-        groups = ("overall", "reverse" if rev else "forward", task, f"{task}/{'reverse' if rev else 'forward'}")
-        rec = {"index": i, "line": row.get("_line"), "task": task, "reverse": rev, "missing": pred is None}
+        groups = _groups(row, task, rev)
+        rec = {"index": i, "line": row.get("_line"), "task": task, "reverse": rev,
+               "missing": pred is None and not row.get("skip")}  # a skipped row (no options) is never asked
+        for key in ("id", "part"):
+            if key in row:
+                rec[key] = row[key]
         gold = row_gold(row)
-        if gold is not None:
-            rec.update(gold=gold, letter=answer_letter(text))
-            rec["correct"] = rec["letter"] == gold
-            for g in groups:
-                mcq.setdefault(g, []).append(rec["correct"])
-        else:
-            rec["rubric"] = rubric_score(text, row)
-            for g in groups:
-                route.setdefault(g, []).append(rec["rubric"])
-            if judge_url:
-                reference, _ = reference_of(row)
-                rec["judge"] = judge_rubric(extract_answer(text), reference, judge_url, judge_model,
-                                            judge_timeout, judge_key)
+        if row.get("skip"):
+            rec["skipped"] = row["skip"]
+            for p in PROTOCOLS:
                 for g in groups:
-                    judge.setdefault(g, []).append(rec["judge"])
+                    skipped[p][g] = skipped[p].get(g, 0) + 1
+        elif gold is None and (row.get("options") or task in ("direction", "landmark", "action")):
+            rec["no_gold"] = True
+            no_gold.update(groups)
+        elif gold is not None:
+            rec.update(gold=gold, letter=answer_letter(text), letter_paper=paper_letter(text))
+            rec["correct_strict"], rec["correct_paper"] = rec["letter"] == gold, rec["letter_paper"] == gold
+            rec["correct"] = rec[f"correct_{protocol}"]
+            for p in PROTOCOLS:
+                for g in groups:
+                    mcq[p].setdefault(g, []).append(rec[f"correct_{p}"])
+        else:
+            for p in PROTOCOLS:
+                result, why = route_score(pred, row, p)
+                rec[f"rubric_{p}"] = result if why is None else {"skipped": why}
+                for g in groups:
+                    if why is None:
+                        route[p].setdefault(g, []).append(result)
+                    else:
+                        skipped[p][g] = skipped[p].get(g, 0) + 1
+            if "skipped" in rec[f"rubric_{protocol}"]:
+                rec["skipped"] = rec[f"rubric_{protocol}"]["skipped"]
+            else:
+                rec["rubric"] = rec[f"rubric_{protocol}"]
+                if judge_url:
+                    reference, _ = reference_of(row)
+                    if protocol == "paper":  # the paper's judge: the question too, untagged replies whole
+                        rec["judge"] = judge_rubric(paper_answer(text), reference, judge_url, judge_model,
+                                                    judge_timeout, judge_key, question=row.get("question")
+                                                    or _question(row))
+                    else:
+                        rec["judge"] = judge_rubric(extract_answer(text), reference, judge_url, judge_model,
+                                                    judge_timeout, judge_key)
+                    for g in groups:
+                        judge.setdefault(g, []).append(rec["judge"])
         per_row.append(rec)
-    out = {"overall": _acc_stat(mcq.get("overall", [])), "mcq": {g: _acc_stat(v) for g, v in mcq.items()},
-           "route": {g: _mean_stat(v) for g, v in route.items()},
-           "missing": sum(p is None for p in predictions), "rows": per_row}
+    by = {p: {"overall": _acc_stat(mcq[p].get("overall", [])), "mcq": {g: _acc_stat(v) for g, v in mcq[p].items()},
+              "route": {g: _mean_stat(v) for g, v in route[p].items()}} for p in PROTOCOLS}
+    out = dict(protocol=protocol, **by[protocol], by_protocol=by, no_gold=dict(no_gold), skipped=skipped,
+               missing=sum(r["missing"] for r in per_row), rows=per_row)
     if judge_url:
         out["judge"] = {g: _mean_stat(v) for g, v in judge.items()}
     return out
@@ -234,6 +366,13 @@ def score_rows(rows, predictions, judge_url=None, judge_model="judge", judge_tim
 # direction 2.05), measured on the world of 3-segment routes (bench/RESULTS.md).
 ROUTE_FLOOR = ("Route rubric floor: a constant, video-independent description already scores ~1.9 of 5 on the "
                "synthetic seed-0 test split (the wrong direction's route ~2.1); only scores above it show seeing.")
+OFFICIAL_FLOOR = ("The deterministic rubric's floor was measured on the synthetic world only (~1.9 of 5 there, a "
+                  "constant description); not on this bench.")
+PAPER_FLOOR = ("The paper's rubric (deterministic stand-in) was not measured for its floor: a reply that lists many "
+               "landmark words and no turn loses nothing on two of its three parts, so read it next to strict.")
+RULES = {"strict": "strict: exactly one option letter in one <answer> block; route: order-aware rubric of <answer>",
+         "paper": "paper: first A-D letter of the first <answer>, or of the whole reply without tags; route: the "
+                  "judge's asymmetric rubric (deterministic stand-in), empty replies skipped"}
 
 
 def _cell(stat):
@@ -242,25 +381,59 @@ def _cell(stat):
     return f"{100 * stat['accuracy']:.1f} [{100 * stat['ci_low']:.1f}, {100 * stat['ci_high']:.1f}] (n={stat['n']})"
 
 
+def _route_cell(stat):
+    if not stat or not stat["n"]:
+        return "-"
+    return f"{stat['score']:.2f} [{stat['ci_low']:.2f}, {stat['ci_high']:.2f}] (n={stat['n']})"
+
+
 def markdown_table(scores):
-    """Accuracy % [95% CI] (n) per task x direction; then the route rubric (and judge) per direction."""
-    lines = []
-    mcq = scores.get("mcq", {})
-    if mcq:
-        lines += ["| task | forward | reverse | all |", "|---|---|---|---|"]
-        tasks = [t for t in TASKS if t in mcq] + sorted(t for t in mcq if "/" not in t and t not in TASKS
-                                                       and t not in ("overall", "forward", "reverse"))
-        for t in tasks:
-            lines.append(f"| {t} | {_cell(mcq.get(t + '/forward'))} | {_cell(mcq.get(t + '/reverse'))} | {_cell(mcq[t])} |")
-        lines.append(f"| **all** | {_cell(mcq.get('forward'))} | {_cell(mcq.get('reverse'))} | {_cell(mcq['overall'])} |")
+    """The paper's layout under the chosen protocol: a line per part (the official release) and one for all, a
+    column per task and direction (accuracy % or route score 0-5, [95% CI], (n scored)); then the samples scored,
+    skipped and without gold; the same predictions under both protocols; the route rubric's parts."""
+    protocol, rows = scores.get("protocol", "strict"), scores["rows"]
+    d = ("forward", "reverse")
+    cols = [(t, r) for t in TASKS for r in d if any(x["task"] == t and d[x["reverse"]] == r for x in rows)]
+    parts = sorted({x["part"] for x in rows if x.get("part")})
+    lines = [f"Protocol {RULES[protocol]}. Cells: accuracy % or route score (0-5) [95% CI] (n scored).", "",
+             "| part | " + " | ".join(f"{t} {r}" for t, r in cols) + " | MC all |", "|---" * (len(cols) + 2) + "|"]
+    def cell(g, t):
+        got = _route_cell(scores["route"].get(g)) if t == "route" else _cell(scores["mcq"].get(g))
+        if got == "-" and scores.get("no_gold", {}).get(g):
+            return f"no gold ({scores['no_gold'][g]})"
+        if got == "-" and scores.get("skipped", {}).get(protocol, {}).get(g):
+            return f"skipped ({scores['skipped'][protocol][g]})"
+        return got
+    for name, pre in [(f"Part{k}", f"part{k}") for k in parts] + [("**all**", "")]:
+        cells = [cell(f"{pre}/{t}/{r}".lstrip("/"), t) for t, r in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_cell(scores['mcq'].get(pre or 'overall'))} |")
+    lines += ["", "| part | multiple choice scored | no gold (not scored) | route scored | skipped | no prediction |",
+              "|---|---|---|---|---|---|"]
+    for name, k in [(f"Part{k}", k) for k in parts] + [("**all**", None)]:
+        mine = [x for x in rows if k is None or x.get("part") == k]
+        lines.append(f"| {name} | {sum('correct' in x for x in mine)} | {sum(bool(x.get('no_gold')) for x in mine)} | "
+                     f"{sum('rubric' in x for x in mine)} | {sum('skipped' in x for x in mine)} | "
+                     f"{sum(x['missing'] for x in mine)} |")
+    by = scores.get("by_protocol")
+    if by:
+        lines += ["", "| same predictions | strict | paper |", "|---|---|---|"]
+        for t in ("direction", "landmark", "action"):
+            if t in by["strict"]["mcq"]:
+                lines.append(f"| {t} | {_cell(by['strict']['mcq'][t])} | {_cell(by['paper']['mcq'][t])} |")
+        if by["strict"]["mcq"]:
+            lines.append(f"| MC all | {_cell(by['strict']['overall'])} | {_cell(by['paper']['overall'])} |")
+        if any("rubric_strict" in x for x in rows):
+            lines.append(f"| route (0-5) | {_route_cell(by['strict']['route'].get('overall'))} | "
+                         f"{_route_cell(by['paper']['route'].get('overall'))} |")
+        lines += ["", f"({RULES['strict']}; {RULES['paper']})"]
     for name in ("route", "judge"):
         stats = scores.get(name) or {}
         if not stats:
             continue
-        lines += ["", f"| {name} rubric (0-5) | direction | landmark | semantic | score [95% CI] | n |",
+        floor = (ROUTE_FLOOR if not parts else OFFICIAL_FLOOR) if protocol == "strict" else PAPER_FLOOR
+        lines += ["", floor, ""] if name == "route" else [""]
+        lines += [f"| {name} rubric, {protocol} (0-5) | direction | landmark | semantic | score [95% CI] | n |",
                   "|---|---|---|---|---|---|"]
-        if name == "route":  # read every route number against what a blind answer already gets
-            lines.insert(-2, ROUTE_FLOOR)
         for g in ("forward", "reverse", "overall"):
             s = stats.get(g)
             if s and s["n"]:

@@ -48,7 +48,7 @@ def test_end_to_end_scores_and_table(tmp_path):
     write_jsonl(tmp_path / "p.jsonl", preds)   # row 2 has no prediction: wrong
     res = run(["--bench", "bench.jsonl", "--predictions", "p.jsonl", "--out", "out/s.json"], tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "| direction | 100.0 [" in res.stdout and "| **all** |" in res.stdout and "route rubric" in res.stdout
+    assert "| **all** | 5.00 [" in res.stdout and "| direction | 50.0 [" in res.stdout and "route rubric" in res.stdout
     assert "1 of 5 bench rows have no prediction" in res.stdout
     s = json.loads((tmp_path / "out" / "s.json").read_text())
     assert s["overall"]["correct"] == 2 and s["overall"]["n"] == 4
@@ -295,3 +295,10 @@ def test_model_path_end_to_end(tmp_path):
     assert res.returncode == 0 and "3 predictions already" in res.stdout, res.stderr
     again = [json.loads(line) for line in (tmp_path / "s.predictions.jsonl").read_text().splitlines()]
     assert again == made
+
+
+def test_max_new_tokens_default_is_the_papers_512_and_256_for_tiny_models(tmp_path):
+    assert evaluate.default_max_new_tokens(os.path.join(ROOT, "models", "tiny-base")) == 256
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_vl", "text_config": {"vocab_size": 151936}}))
+    assert evaluate.default_max_new_tokens(str(tmp_path)) == 512
+    assert evaluate.default_max_new_tokens(str(tmp_path / "none")) == 512

@@ -58,9 +58,13 @@ def test_score_rows_hand_counted():
     assert s["mcq"]["reverse"]["correct"] == 2 and s["mcq"]["reverse"]["n"] == 3
     assert s["mcq"]["forward"]["ci_low"] == pytest.approx(S.wilson(1, 2)[0])
     assert s["missing"] == 1 and s["rows"][4]["missing"] and s["rows"][1]["letter"] is None
-    table = S.markdown_table(s)
-    assert "| direction | 50.0 [" in table and "(n=2)" in table
-    assert "| **all** | 50.0 [" in table and "| 60.0 [" in table
+    table = S.markdown_table(s).splitlines()
+    # the paper's layout: a column per task and direction present, then all multiple-choice rows
+    assert "| part | direction forward | direction reverse | landmark reverse | MC all |" in table
+    row = next(line for line in table if line.startswith("| **all** | 50.0 ["))
+    assert row.split(" | ")[1:] == ["50.0 [9.5, 90.5] (n=2)", "0.0 [0.0, 79.3] (n=1)", "100.0 [34.2, 100.0] (n=2)",
+                                    "60.0 [23.1, 88.2] (n=5) |"]
+    assert "| **all** | 5 | 0 | 0 | 0 | 1 |" in table  # scored, no gold, route scored, skipped, no prediction
     with pytest.raises(ValueError, match="5 rows but 4 predictions"):
         S.score_rows(rows, preds[:4])
 
@@ -172,3 +176,104 @@ def test_score_rows_with_judge(judge_url):
     assert s["judge"]["overall"]["score"] == 4.0 and s["route"]["overall"]["score"] == pytest.approx(5.0)
     assert len(Judge.requests) == 1   # only the open-ended row is sent
     assert "| judge rubric" in S.markdown_table(s) and "| route rubric" in S.markdown_table(s)
+
+
+# ----------------------------------------------------------------------------- wording, for rows without labels
+
+
+def test_wording_of_real_questions_without_labels():
+    # a forward question that mentions the start is forward; the goal it names last decides
+    fwd = {"problem": "Based on this video, starting from the starting point, what directions do you need to go "
+                      "through to get to your destination? Options: A. x, B. y", "original_answer": "A"}
+    assert S.is_reverse(fwd) is False and S.task_of(fwd) == "direction"
+    back = {"problem": "Starting at your destination, how do you get back to the starting point?"}
+    assert S.is_reverse(back) is True
+    assert S.is_reverse({"problem": "What do you need to start doing to reach the goal?"}) is False
+    # a route question (no gold letter) that mentions directions asks for a route
+    route = {"problem": "Based on this video, describe the route from the starting point to your destination, with "
+                        "the directions you take.", "original_answer": "Turn left at the door."}
+    assert S.task_of(route) == "route" and S.is_reverse(route) is False
+    # a multiple-choice question is read by the first task word it names
+    mixed = {"problem": "Which landmarks did you pass, whatever direction you took? Options: A. x",
+             "original_answer": "A"}
+    assert S.task_of(mixed) == "landmark"
+
+
+def test_630_authors_rows_keep_their_labels_and_score_100_under_both_protocols():
+    with open(os.path.join(FIXTURES, "ego_st_r1_mcq_630.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    kinds = Counter((S.task_of(r), S.is_reverse(r)) for r in rows)
+    # the five question kinds of the fixture README, counted from the wording
+    assert kinds == {("direction", False): 143, ("direction", True): 143, ("landmark", False): 172,
+                     ("landmark", True): 92, ("action", True): 80}
+    for protocol in S.PROTOCOLS:
+        s = S.score_rows(rows, [r["solution"] for r in rows], protocol=protocol)
+        assert s["overall"]["n"] == 630 and s["overall"]["accuracy"] == 1.0
+        assert s["by_protocol"]["strict"]["overall"] == s["by_protocol"]["paper"]["overall"]
+
+
+# ----------------------------------------------------------------------------- the paper's protocol
+
+
+def test_untagged_letter_is_right_under_paper_wrong_under_strict():
+    rows = [{"task": "direction", "reverse": False, "original_answer": "B"}] * 4
+    preds = ["B", "The answer is B.", reply("B"), "<answer>C</answer> B"]
+    s = S.score_rows(rows, preds)
+    assert [r["correct_strict"] for r in s["rows"]] == [False, False, True, False]
+    # the paper's rule: the first capital A-D of the first <answer> block, else of the whole reply
+    assert [r["correct_paper"] for r in s["rows"]] == [True, True, True, False]
+    assert s["protocol"] == "strict" and s["overall"]["correct"] == 1
+    assert S.score_rows(rows, preds, protocol="paper")["overall"]["correct"] == 3
+    assert S.paper_letter("Based on the video, C") == "B"  # the authors' rule, as it is
+    assert S.paper_letter("no letter here") is None and S.answer_letter("B") is None
+
+
+def test_extra_landmark_costs_nothing_under_paper_missing_one_does():
+    reference = "walk straight, pass the red door, turn left, pass the blue sofa"
+    extra = reference + ", pass the green plant"
+    strict, paper = S.rubric(extra, reference, True), S.paper_rubric(extra, reference, True)
+    assert paper["landmark"] == 5.0 and strict["landmark"] == pytest.approx(5 * 2 / 3)
+    missing = "walk straight, pass the red door, turn left"
+    assert S.paper_rubric(missing, reference, True)["landmark"] == pytest.approx(2.5)
+    # a direction change the reference lacks costs; order does not (the judge's description says nothing of it)
+    assert S.paper_rubric(reference + ", turn right", reference, True)["direction"] == pytest.approx(2.5)
+    swapped = "walk straight, pass the blue sofa, turn left, pass the red door"
+    assert S.paper_rubric(swapped, reference, True)["landmark"] == 5.0 and S.rubric(swapped, reference, True)[
+        "landmark"] == 0.0
+
+
+def test_empty_reference_is_skipped_and_empty_reply_skipped_under_paper():
+    rows = [{"task": "route", "reverse": False, "original_answer": ""},
+            {"task": "route", "reverse": False, "original_answer": "Turn left at the red door."},
+            {"task": "route", "reverse": False, "original_answer": "Turn left at the red door."}]
+    preds = [reply("turn left"), None, "Turn left at the red door."]  # the last: no tags, the whole reply
+    strict, paper = S.score_rows(rows, preds), S.score_rows(rows, preds, protocol="paper")
+    assert strict["rows"][0]["skipped"] == "empty reference" and "rubric" not in strict["rows"][0]
+    assert strict["route"]["overall"]["n"] == 2 and strict["route"]["overall"]["score"] == 0.0  # missing, untagged
+    assert paper["rows"][1]["skipped"] == "empty reply" and paper["route"]["overall"]["n"] == 1
+    assert paper["route"]["overall"]["score"] == pytest.approx(5.0)
+    assert strict["skipped"]["strict"]["overall"] == 1 and paper["skipped"]["paper"]["overall"] == 2
+    assert "| **all** | 0 | 0 | 1 | 2 | 1 |" in S.markdown_table(paper)
+
+
+def test_no_gold_is_counted_never_scored():
+    rows = [{"task": "landmark", "reverse": True, "options": {"A": "x", "B": "y"}, "part": 1},
+            {"task": "landmark", "reverse": True, "options": {"A": "x", "B": "y"}, "original_answer": "B", "part": 1}]
+    s = S.score_rows(rows, [reply("A"), reply("B")])
+    assert s["rows"][0]["no_gold"] and "correct" not in s["rows"][0]
+    assert s["overall"]["n"] == 1 and s["overall"]["accuracy"] == 1.0
+    assert s["no_gold"]["part1/landmark/reverse"] == 1
+    assert "| Part1 | 1 | 1 | 0 | 0 | 0 |" in S.markdown_table(s)
+
+
+def test_paper_judge_sees_the_question_and_the_whole_untagged_reply(judge_url):
+    rows = [{"task": "route", "reverse": False, "question": "Describe the route to your destination.",
+             "original_answer": "Turn left at the red door."}]
+    s = S.score_rows(rows, ["Turn left, then pass a red door"], protocol="paper", judge_url=judge_url)
+    assert s["judge"]["overall"]["score"] == 4.0
+    _, body, _ = Judge.requests[-1]
+    prompt = body["messages"][-1]["content"]
+    assert "QUESTION: Describe the route to your destination." in prompt
+    assert "PREDICTED: Turn left, then pass a red door" in prompt and "do NOT" in prompt
+    S.score_rows(rows, ["Turn left, then pass a red door"], judge_url=judge_url)  # strict: our template
+    assert len(Judge.requests) == 2 and "QUESTION" not in Judge.requests[-1][1]["messages"][-1]["content"]
