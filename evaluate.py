@@ -50,6 +50,7 @@ class Options:
     batch_size: int = 8
     max_new_tokens: int = 0       # 0: 512, the paper's inference; 256 for the tiny models (their CoTs are shorter)
     num_frames: int = 8
+    fps: float = 0.0              # > 0: the authors' sampler: frames at this rate first, then --num-frames of them
     min_pixels: int = 56 * 56     # per frame, as train_sft.py / train_grpo.py; the authors evaluate at max 151200
     max_pixels: int = 128 * 28 * 28
     limit: int = 0                # > 0: only the first N bench rows
@@ -179,7 +180,8 @@ def load_ours(opt):
     tok = data.load_tokenizer(opt.model)
     model = VideoLM.from_pretrained(opt.model).eval()
     enc = data.PromptEncoder(tok, video_root=video_root(opt), num_frames=opt.num_frames, min_pixels=opt.min_pixels,
-                             max_pixels=opt.max_pixels, max_len=data.context_limit(opt.model, opt.max_seq_len))
+                             max_pixels=opt.max_pixels, max_len=data.context_limit(opt.model, opt.max_seq_len),
+                             fps=opt.fps)
     return model, tok, enc
 
 
@@ -206,7 +208,7 @@ def provenance(opt, files):
     return dict(model=os.path.abspath(opt.model),
                 weights_sha256=file_hash([os.path.join(opt.model, f) for f in weights]),
                 bench=os.path.abspath(opt.bench), bench_sha256=file_hash(files),
-                video_root=os.path.abspath(video_root(opt)), num_frames=opt.num_frames,
+                video_root=os.path.abspath(video_root(opt)), num_frames=opt.num_frames, fps=opt.fps,
                 min_pixels=opt.min_pixels, max_pixels=opt.max_pixels, max_new_tokens=opt.max_new_tokens,
                 max_seq_len=opt.max_seq_len,
                 protocol="greedy; prompt " + file_hash_text(chat.prompt_text("{question}", 1)))
@@ -297,6 +299,7 @@ def validate(opt):
     cli.check(opt.protocol in scoring.PROTOCOLS, "protocol", f"must be one of {', '.join(scoring.PROTOCOLS)}, "
               f"got {opt.protocol!r}")
     cli.check(opt.num_frames >= 1, "num_frames", f"must be >= 1, got {opt.num_frames}")
+    cli.check(opt.fps >= 0, "fps", f"must be >= 0 (0: --num-frames over the whole video), got {opt.fps}")
     cli.check(opt.limit >= 0 and opt.max_seq_len >= 0, "limit", "and --max-seq-len must be >= 0")
     cli.check(opt.judge_timeout > 0, "judge_timeout", f"must be > 0, got {opt.judge_timeout}")
 

@@ -102,8 +102,9 @@ class PromptEncoder:
     """Row -> prompt ids and video patches. Each video is decoded once and kept (8 questions share one video)."""
 
     def __init__(self, tokenizer, video_root=None, num_frames=8, min_pixels=56 * 56, max_pixels=128 * 28 * 28,
-                 merge_size=2, cache_size=512, max_len=0):
+                 merge_size=2, cache_size=512, max_len=0, fps=0.0):
         self.tok, self.video_root, self.num_frames, self.max_len = tokenizer, video_root, num_frames, max_len
+        self.fps = fps  # > 0: the authors' sampler (video.fps_indices)
         self.min_pixels, self.max_pixels, self.merge_size = min_pixels, max_pixels, merge_size
         self.cache, self.cache_size = OrderedDict(), cache_size
         self.bad = {}  # path -> its VideoError: a bad video shared by many rows is tried once
@@ -115,7 +116,7 @@ class PromptEncoder:
             raise VideoError(self.bad[path])
         if path not in self.cache:
             try:
-                self.cache[path] = load_video(path, self.num_frames, self.min_pixels, self.max_pixels)
+                self.cache[path] = load_video(path, self.num_frames, self.min_pixels, self.max_pixels, self.fps)
             except VideoError as e:
                 self.bad[path] = str(e)
                 raise

@@ -84,6 +84,17 @@ def uniform_indices(total, num_frames):
     return np.linspace(0, total - 1, num_frames).round().astype(np.int64).tolist()
 
 
+def fps_indices(total, video_fps, fps, num_frames):
+    """The Ego-ST authors' sampler: frames at `fps` first, by qwen-vl-utils' rule (an even count, 4 to 768, at
+    most every frame), then num_frames of those spread evenly (their torch.linspace(...).long(): truncated)."""
+    n = min(max(total / video_fps * fps, 4), min(768, total) // 2 * 2, total)
+    n = max(int(n) // 2 * 2, 1)
+    first = np.linspace(0, total - 1, n).round().astype(np.int64)
+    if n <= num_frames:
+        return first.tolist()
+    return first[np.linspace(0, n - 1, num_frames).astype(np.int64)].tolist()
+
+
 def _rgb(frame):
     return frame.to_ndarray(format="rgb24")
 
@@ -149,8 +160,9 @@ def _pad_time(frames):
     return frames
 
 
-def _sample(path, num_frames):
-    """frames (T, H, W, 3) uint8 and the video's duration in seconds."""
+def _sample(path, num_frames, fps=0.0):
+    """frames (T, H, W, 3) uint8 and the video's duration in seconds. fps > 0: the authors' sampler
+    (fps_indices) instead of num_frames spread over every frame; streams without timestamps ignore it."""
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     path = os.fspath(path)
@@ -167,7 +179,9 @@ def _sample(path, num_frames):
                 if not pts:
                     raise VideoError(f"{path}: video stream has no frames")
                 keys = keys or pts[:1]  # no key-frame flags: always decode from the start
-                targets = [pts[i] for i in uniform_indices(len(pts), num_frames)]
+                rate = float(stream.average_rate or stream.guessed_rate or FALLBACK_FPS)
+                pick = fps_indices(len(pts), rate, fps, num_frames) if fps > 0 else uniform_indices(len(pts), num_frames)
+                targets = [pts[i] for i in pick]
                 decoded = _decode_seeking(container, stream, sorted(set(targets)), keys)
                 if not decoded:
                     raise VideoError(f"{path}: no decodable frames")
@@ -281,10 +295,10 @@ def preprocess_image(image, min_pixels=IMAGE_MIN_PIXELS, max_pixels=IMAGE_MAX_PI
 
 # ----------------------------------------------------------------------------- loading
 
-def load_video(path, num_frames=8, min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS):
+def load_video(path, num_frames=8, min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS, fps=0.0):
     """-> (pixel_values_videos, video_grid_thw, second_per_grid). second_per_grid = seconds one
     temporal patch spans = temporal_patch_size / sampled fps, used by Qwen2.5-VL's M-RoPE."""
-    frames, duration = _sample(path, num_frames)
+    frames, duration = _sample(path, num_frames, fps)
     try:
         pixel_values, grid = preprocess(frames, min_pixels, max_pixels)
     except ValueError as e:  # e.g. an aspect ratio over 200: a bad video like any other, not the end of a run

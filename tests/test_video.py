@@ -312,3 +312,15 @@ def test_runtime_imports_no_pillow_or_torchvision():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_authors_fps_sampler_by_hand(tmp_path):
+    """--fps: frames at 1 fps first (10 s at 30 fps -> 10 frames: linspace(0, 299, 10) rounded), then 8 of those
+    at linspace(0, 9, 8) truncated -> positions 0,1,2,3,5,6,7,9. A 40-frame clip gives the rule's minimum, 4."""
+    assert V.fps_indices(300, 30.0, 1.0, 8) == [0, 33, 66, 100, 166, 199, 233, 299]
+    assert V.fps_indices(40, 30.0, 1.0, 8) == [0, 13, 26, 39]
+    assert V.fps_indices(3, 30.0, 1.0, 8) == [0, 2]  # fewer frames than the minimum: an even count of them
+    path = write_video(tmp_path / "v.mp4", 240, fps=24, gop=24)  # 10 s again (indices stay under 256: 8 bits)
+    frames, _ = V._sample(str(path), 8, fps=1.0)
+    assert [read_index(f) for f in frames] == [0, 27, 53, 80, 133, 159, 186, 239]
+    assert [read_index(f) for f in V.sample_frames(str(path), 8)] == V.uniform_indices(240, 8)  # default unchanged
