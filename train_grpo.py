@@ -103,6 +103,13 @@ def readable_prompt(enc, rows, row, seed, step, slot):
         row = rows[order[len(bad) - 1]]
 
 
+def reference_model(model_dir, prec, device):
+    """The frozen reference (paper: KL to pi_ref) is the starting checkpoint, held in prec.ref_dtype: pure bf16 under
+    the mixed policies (half the policy's fp32 memory, and nothing updates it), fp32 under fp32."""
+    from st_r1.model import VideoLM
+    return VideoLM.from_pretrained(model_dir, dtype=prec.ref_dtype, device=device).eval().requires_grad_(False)
+
+
 def validate(cfg, world_size):
     """Refuse flag values that would crash steps later or learn nothing, naming the flag."""
     cli.check(cfg.steps >= 1, "steps", f"must be >= 1, got {cfg.steps}")
@@ -151,9 +158,7 @@ def main(cfg):
     if cfg.freeze_vision:
         model.visual.requires_grad_(False)
     precision.apply(model, prec)  # after freezing: frozen weights are stored in bf16 under bf16-mixed
-    ref = None
-    if cfg.beta:  # the frozen reference is the starting checkpoint (paper: KL to pi_ref), pure bf16 unless fp32
-        ref = VideoLM.from_pretrained(model_dir, dtype=prec.ref_dtype, device=d.device).eval().requires_grad_(False)
+    ref = reference_model(model_dir, prec, d.device) if cfg.beta else None
     fsdp = cfg.parallel == "fsdp" and d.world_size > 1  # sharded: every rank joins every decoding step
     policy = dist.wrap_model(model, cfg.parallel, block_types=("DecoderLayer", "VisionBlock"),
                              mp_policy=precision.fsdp_policy(prec))

@@ -271,6 +271,24 @@ def test_fsdp_two_ranks_bf16_mixed_equal_one_process(tiny, tmp_path):  # noqa: F
     assert {v.dtype for v in final(tmp_path / "fsdp").values()} == {torch.float32}
 
 
+def test_scripts_load_in_the_policy_dtypes(tiny, tmp_path):  # noqa: F811
+    """train_grpo.py under bf16-mixed: fp32 policy, bf16 reference, and a step runs; evaluate.py's --precision."""
+    import evaluate
+    import train_grpo
+    ref = train_grpo.reference_model(str(tiny / "model"), precision.policy("bf16-mixed"), "cpu")
+    assert {p.dtype for p in ref.parameters()} == {torch.bfloat16} and not any(p.requires_grad for p in ref.parameters())
+    assert {p.dtype for p in train_grpo.reference_model(str(tiny / "model"), precision.policy("fp32"), "cpu")
+            .parameters()} == {torch.float32}
+    for name, dtype, compute in (("bf16-mixed", torch.float32, torch.bfloat16), ("bf16", torch.bfloat16, None)):
+        model, _, _ = evaluate.load_ours(evaluate.Options(model=str(tiny / "model"), precision=name))
+        assert {p.dtype for p in model.parameters()} == {dtype} and model.compute_dtype == compute
+    args = ["--steps", 1, "--prompts-per-step", 1, "--group-size", 2, "--max-new-tokens", 4, "--micro-batch", 2,
+            "--reward-weights", "brevity=1", "--precision", "bf16-mixed"]
+    p = run("train_grpo.py", common(tiny, tmp_path / "grpo") + args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert {v.dtype for v in final(tmp_path / "grpo").values()} == {torch.float32}  # the master weights
+
+
 def final_of(model_dir):
     from safetensors.torch import load_file
     return load_file(os.path.join(model_dir, "model.safetensors"))
