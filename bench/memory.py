@@ -1,9 +1,9 @@
 """GPU memory a training configuration needs, per GPU, computed from the model's config.
 
-    python bench/memory.py                         # the table: Qwen2-VL-2B/7B, Qwen2.5-VL-3B/7B, 1/4/8 GPUs of 80/141 GB
-    python bench/memory.py --model qwen2.5-vl-7b --stage grpo --parallel fsdp --gpus 8 --freeze-vision   # one breakdown
-    python bench/memory.py --model path/to/config.json ...                   # any Qwen2-VL / Qwen2.5-VL config
-    python bench/memory.py --check                 # the activation estimate against peak RSS measured on this CPU
+    python bench/memory.py                   # the table: Qwen2-VL-2B/7B, Qwen2.5-VL-3B/7B, 1/4/8 GPUs of 80/141 GB
+    python bench/memory.py --model qwen2.5-vl-7b --stage grpo --parallel fsdp --gpus 8 --freeze-vision  # one setup
+    python bench/memory.py --model path/to/config.json ...   # any Qwen2-VL / Qwen2.5-VL config.json
+    python bench/memory.py --check           # the activation estimate against peak RSS measured on this CPU
 
 Per GPU, in the order the breakdown prints it:
   weights      trainable parameters in the policy's param dtype (fp32 master weights; bf16 under --precision bf16),
@@ -176,10 +176,10 @@ def decoder_layer(tc, mode, r, s, first=False):
 
 
 def vision_patch(vc, mode, qwen25):
-    """The vision tower per patch (when it trains): the patch embedding's input pixels (a bf16 cast), 2-D RoPE's cos / sin, the
-    attention groups' indices; per block: norm, SDPA's gathered q, k, v, its output, log-sum-exp and the merged output
-    buffer (proj's input), norm, MLP (SwiGLU: 4 tensors; quick_gelu: fc1 out, sigmoid, product); the merger's norm
-    and its GELU's input and output."""
+    """The vision tower per patch (when it trains): the patch embedding's input pixels (a bf16 cast), 2-D RoPE's
+    cos / sin, the attention groups' indices; per block: norm, SDPA's gathered q, k, v, its output, log-sum-exp and
+    the merged output buffer (proj's input), norm, MLP (SwiGLU: 4 tensors; quick_gelu: fc1 out, sigmoid, product);
+    the merger's norm and its GELU's input and output."""
     D, heads, depth = (vc["hidden_size"] if qwen25 else vc["embed_dim"]), vc["num_heads"], vc["depth"]
     c = 4 if mode == "fp32" else 2
     rv = 4 if mode == "fp32" else 2  # the residual: the patch embedding's output (bf16 under autocast)

@@ -270,6 +270,6 @@ def update(policy, ref_model, optimizer, prompts, gen, advantages, cfg, timer, s
                 raise FloatingPointError(f"non-finite gradient norm at step {step}, iteration {it}")
             optimizer.step()
         stats["grad_norm"] = float(grad_norm)
-    optimizer.zero_grad(set_to_none=True)  # free the gradients: the next rollout (KV cache for P x G rows) needs no grads
+    optimizer.zero_grad(set_to_none=True)  # free the gradients: the next rollout (its KV cache) needs none
     return stats
 

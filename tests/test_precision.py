@@ -276,7 +276,8 @@ def test_scripts_load_in_the_policy_dtypes(tiny, tmp_path):  # noqa: F811
     import evaluate
     import train_grpo
     ref = train_grpo.reference_model(str(tiny / "model"), precision.policy("bf16-mixed"), "cpu")
-    assert {p.dtype for p in ref.parameters()} == {torch.bfloat16} and not any(p.requires_grad for p in ref.parameters())
+    assert {p.dtype for p in ref.parameters()} == {torch.bfloat16}
+    assert not any(p.requires_grad for p in ref.parameters())
     assert {p.dtype for p in train_grpo.reference_model(str(tiny / "model"), precision.policy("fp32"), "cpu")
             .parameters()} == {torch.float32}
     for name, dtype, compute in (("bf16-mixed", torch.float32, torch.bfloat16), ("bf16", torch.bfloat16, None)):
