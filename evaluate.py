@@ -60,6 +60,7 @@ class Options:
     progress: bool = True
     max_seq_len: int = 0          # most tokens of a prompt (video included); 0: the model's max_position_embeddings
     force_new: bool = False       # with --model: discard the predictions file (made by another set-up) and start over
+    precision: str = ""           # fp32 | bf16-mixed | bf16 (st_r1/precision.py); empty: bf16-mixed on CUDA, else fp32
 
 
 KEYING = {"index": 'an "index"', "id": 'an "id"', "position": 'neither "index" nor "id"'}
@@ -174,11 +175,15 @@ def predict(model, tok, rows, enc, batch_size=8, max_new_tokens=256, on_predicti
 
 def load_ours(opt):
     """(model, tokenizer, prompt encoder) of our VideoLM from the --model folder."""
-    from st_r1 import data
+    import torch
+
+    from st_r1 import data, precision
     from st_r1.model import VideoLM
 
     tok = data.load_tokenizer(opt.model)
-    model = VideoLM.from_pretrained(opt.model).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    prec = precision.policy(opt.precision, device)
+    model = precision.apply(VideoLM.from_pretrained(opt.model, dtype=prec.param_dtype, device=device).eval(), prec)
     enc = data.PromptEncoder(tok, video_root=video_root(opt), num_frames=opt.num_frames, min_pixels=opt.min_pixels,
                              max_pixels=opt.max_pixels, max_len=data.context_limit(opt.model, opt.max_seq_len),
                              fps=opt.fps)
@@ -302,6 +307,8 @@ def validate(opt):
     cli.check(opt.fps >= 0, "fps", f"must be >= 0 (0: --num-frames over the whole video), got {opt.fps}")
     cli.check(opt.limit >= 0 and opt.max_seq_len >= 0, "limit", "and --max-seq-len must be >= 0")
     cli.check(opt.judge_timeout > 0, "judge_timeout", f"must be > 0, got {opt.judge_timeout}")
+    cli.check(opt.precision in ("", "fp32", "bf16-mixed", "bf16"), "precision", f"must be fp32, bf16-mixed or bf16, "
+              f"got {opt.precision!r}")
 
 
 def default_max_new_tokens(model_dir):

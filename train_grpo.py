@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-from st_r1 import cli, data, dist, grpo, rewards, runs
+from st_r1 import cli, data, dist, grpo, precision, rewards, runs
 from train_sft import batch_rows, resumed_counts
 
 
@@ -53,6 +53,7 @@ class Config:
     max_seq_len: int = 0           # longer prompts (video included) give way to the next row; 0: the model's context
     freeze_vision: bool = False
     parallel: str = "ddp"
+    precision: str = ""            # fp32 | bf16-mixed | bf16 (st_r1/precision.py); empty: bf16-mixed on CUDA, else fp32
     eval_every: int = 0
     eval_limit: int = 128
     save_every: int = 20
@@ -102,6 +103,13 @@ def readable_prompt(enc, rows, row, seed, step, slot):
         row = rows[order[len(bad) - 1]]
 
 
+def reference_model(model_dir, prec, device):
+    """The frozen reference (paper: KL to pi_ref) is the starting checkpoint, held in prec.ref_dtype: pure bf16 under
+    the mixed policies (half the policy's fp32 memory, and nothing updates it), fp32 under fp32."""
+    from st_r1.model import VideoLM
+    return VideoLM.from_pretrained(model_dir, dtype=prec.ref_dtype, device=device).eval().requires_grad_(False)
+
+
 def validate(cfg, world_size):
     """Refuse flag values that would crash steps later or learn nothing, naming the flag."""
     cli.check(cfg.steps >= 1, "steps", f"must be >= 1, got {cfg.steps}")
@@ -120,6 +128,8 @@ def validate(cfg, world_size):
     cli.check(cfg.num_frames >= 1 and 0 < cfg.min_pixels <= cfg.max_pixels, "num_frames", "must be >= 1 and "
               "0 < --min-pixels <= --max-pixels")
     cli.check(cfg.parallel in ("ddp", "fsdp", "none"), "parallel", f"must be ddp, fsdp or none, got {cfg.parallel!r}")
+    cli.check(cfg.precision in ("",) + precision.POLICIES, "precision", f"must be one of {precision.POLICIES}, got "
+              f"{cfg.precision!r}")
     try:
         rewards.parse_weights(cfg.reward_weights)
     except (ValueError, KeyError) as e:
@@ -142,14 +152,16 @@ def main(cfg):
     from st_r1.model import VideoLM
     tok = data.load_tokenizer(model_dir)
     eos_ids = chat.end_of_turn_ids(tok)
-    model = VideoLM.from_pretrained(model_dir, device=d.device)
+    prec = precision.policy(cfg.precision, d.device)
+    precision.warn_if_pure(prec, dist.log)
+    model = VideoLM.from_pretrained(model_dir, dtype=prec.param_dtype, device=d.device)
     if cfg.freeze_vision:
         model.visual.requires_grad_(False)
-    ref = None
-    if cfg.beta:  # the frozen reference is the starting checkpoint (paper: KL to pi_ref)
-        ref = VideoLM.from_pretrained(model_dir, device=d.device).eval().requires_grad_(False)
+    precision.apply(model, prec)  # after freezing: frozen weights are stored in bf16 under bf16-mixed
+    ref = reference_model(model_dir, prec, d.device) if cfg.beta else None
     fsdp = cfg.parallel == "fsdp" and d.world_size > 1  # sharded: every rank joins every decoding step
-    policy = dist.wrap_model(model, cfg.parallel, block_types=("DecoderLayer", "VisionBlock"))
+    policy = dist.wrap_model(model, cfg.parallel, block_types=("DecoderLayer", "VisionBlock"),
+                             mp_policy=precision.fsdp_policy(prec))
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     sched = dist.cosine_schedule(opt, cfg.warmup, cfg.steps, cfg.min_lr_ratio)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-from st_r1 import cli, data, dist, runs
+from st_r1 import cli, data, dist, precision, runs
 
 
 @dataclass
@@ -44,6 +44,7 @@ class Config:
     grad_checkpoint: bool = False
     lora_r: int = 0                # > 0: LoRA adapters of this rank on the decoder's attention, merged on save
     parallel: str = "ddp"          # ddp | fsdp (FSDP2, one unit per block) | none
+    precision: str = ""            # fp32 | bf16-mixed | bf16 (st_r1/precision.py); empty: bf16-mixed on CUDA, else fp32
     eval_every: int = 100
     eval_limit: int = 128
     max_new_tokens: int = 256     # the longest reference CoT on the synthetic world is ~230 tokens
@@ -101,6 +102,8 @@ def validate(cfg, world_size):
     cli.check(0 < cfg.min_pixels <= cfg.max_pixels, "min_pixels", "must be > 0 and <= --max-pixels")
     cli.check(cfg.max_seq_len >= 0 and cfg.lora_r >= 0, "max_seq_len", "and --lora-r must be >= 0")
     cli.check(cfg.parallel in ("ddp", "fsdp", "none"), "parallel", f"must be ddp, fsdp or none, got {cfg.parallel!r}")
+    cli.check(cfg.precision in ("",) + precision.POLICIES, "precision", f"must be one of {precision.POLICIES}, got "
+              f"{cfg.precision!r}")
 
 
 def main(cfg):
@@ -117,7 +120,9 @@ def main(cfg):
     eval_rows = data.load_rows(eval_file)[:cfg.eval_limit] if eval_file else []
     from st_r1.model import VideoLM
     tok = data.load_tokenizer(model_dir)
-    model = VideoLM.from_pretrained(model_dir, device=d.device)
+    prec = precision.policy(cfg.precision, d.device)
+    precision.warn_if_pure(prec, dist.log)
+    model = VideoLM.from_pretrained(model_dir, dtype=prec.param_dtype, device=d.device)
     if cfg.freeze_vision:
         model.visual.requires_grad_(False)
     if cfg.lora_r:
@@ -125,7 +130,9 @@ def main(cfg):
         lora.apply_lora(model, r=cfg.lora_r)
     if cfg.grad_checkpoint:
         model.gradient_checkpointing = True
-    policy = dist.wrap_model(model, cfg.parallel, block_types=("DecoderLayer", "VisionBlock"))
+    precision.apply(model, prec)  # after freezing: frozen weights are stored in bf16 under bf16-mixed
+    policy = dist.wrap_model(model, cfg.parallel, block_types=("DecoderLayer", "VisionBlock"),
+                             mp_policy=precision.fsdp_policy(prec))
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     sched = dist.cosine_schedule(opt, cfg.warmup, cfg.steps, cfg.min_lr_ratio)

@@ -44,7 +44,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from st_r1 import runs
-from st_r1.lora import LoRALinear
+from st_r1.lora import split_state_dict
 
 
 # ---------------------------------------------------------------- set-up
@@ -160,13 +160,14 @@ def _broadcast_from_rank0(model):
             t.data.copy_(buf)
 
 
-def wrap_model(model, mode="none", block_types=(), find_unused_parameters=False):
+def wrap_model(model, mode="none", block_types=(), find_unused_parameters=False, mp_policy=None):
     """Move to this rank's device and wrap for data parallel training.
     mode "none": as is. "ddp": torch DDP (bucketed all-reduce overlapping backward, averages gradients;
     we use it rather than a hand-written all-reduce because it overlaps communication with backward
     and handles parameter broadcast, and FSDP2 below is the hand-readable path anyway).
     "fsdp": FSDP2 fully_shard, one unit per module whose class (or class name) is in block_types, then the
-    root; parameters become DTensors sharded on dim 0 across ranks.
+    root; parameters become DTensors sharded on dim 0 across ranks. mp_policy: FSDP2's MixedPrecisionPolicy
+    (precision.fsdp_policy: bf16 compute and all-gather, fp32 gradient reduction), else fully_shard's default.
     With one process every mode returns the plain model, so `python train.py --dist fsdp` still runs."""
     if mode not in ("none", "ddp", "fsdp"):
         raise ValueError(f"wrap_model: mode must be 'none', 'ddp' or 'fsdp', got {mode!r}")
@@ -181,9 +182,10 @@ def wrap_model(model, mode="none", block_types=(), find_unused_parameters=False)
     blocks = [m for m in model.modules() if _is_block(m, block_types)]
     if not blocks:
         raise ValueError(f"wrap_model: no module of types {block_types} in {type(model).__name__}")
+    kw = {} if mp_policy is None else {"mp_policy": mp_policy}
     for m in blocks:
-        fully_shard(m)
-    fully_shard(model)
+        fully_shard(m, **kw)
+    fully_shard(model, **kw)
     return model
 
 
@@ -223,21 +225,6 @@ def full_state_dict(model):
     return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
 
 
-# ---------------------------------------------------------------- LoRA in checkpoints
-
-def _lora_split(model, sd):
-    """Merge adapters into a copy of `sd` (-> plain HF tensors) and return (merged, lora tensors).
-    The lora file keeps A, B and the unmerged base weight: re-splitting the merged weight in bf16
-    would not give the base back exactly."""
-    merged, lora = dict(sd), {}
-    for name, m in unwrap(model).named_modules():
-        if isinstance(m, LoRALinear):
-            a, b, w = (merged.pop(f"{name}.lora_A"), merged.pop(f"{name}.lora_B"), sd[f"{name}.weight"])
-            lora.update({f"{name}.lora_A": a, f"{name}.lora_B": b, f"{name}.weight": w})
-            merged[f"{name}.weight"] = (w.float() + (b.float() @ a.float()) * m.scale).to(w.dtype)
-    return merged, lora
-
-
 def _plain_class(model):
     return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
 
@@ -261,7 +248,9 @@ def _load_model_sd(model, path):
     m = unwrap(model)
     cls = _plain_class(m)
     if hasattr(cls, "from_pretrained") and os.path.isfile(os.path.join(path, "config.json")):
-        return cls.from_pretrained(path).state_dict()
+        # fp32 master weights load as fp32 even when config.json names the bf16 the run started from
+        fp32 = any(p.dtype == torch.float32 for p in m.parameters())
+        return cls.from_pretrained(path, dtype=torch.float32 if fp32 else None).state_dict()
     return load_file(os.path.join(path, "model.safetensors"))
 
 
@@ -400,7 +389,7 @@ def save_checkpoint(run_dir, step, model, optimizer, scheduler=None, extra=None,
     barrier()
     _save_rng(tmp, _D.rank)
     if _D.is_main:
-        merged, lora = _lora_split(model, sd)
+        merged, lora = split_state_dict(unwrap(model), sd)
         _save_model(model, merged, os.path.join(tmp, "model"), lora)
         if tokenizer is not None:
             tokenizer.save_pretrained(os.path.join(tmp, "model"))

@@ -54,11 +54,6 @@ def generate(model, input_ids, attention_mask, *, max_new_tokens, eos_token_ids,
     eos = torch.tensor(sorted(set(eos_token_ids if not isinstance(eos_token_ids, int) else [eos_token_ids])),
                        device=input_ids.device)
     banned = [model.image_token_id, model.video_token_id]
-    cache = model.new_cache(B, P + max_new_tokens, device=input_ids.device)
-    logits = model(input_ids, attention_mask=attention_mask, cache=cache, logits_to_keep=1, **vision_kwargs)[:, -1]
-    if num_samples > 1:
-        cache = cache.repeat_interleave(num_samples)
-        logits = logits.repeat_interleave(num_samples, dim=0)
     N = B * num_samples
     tokens = torch.full((N, max_new_tokens), pad_token_id, dtype=torch.long, device=input_ids.device)
     logprobs = torch.zeros(N, max_new_tokens, dtype=torch.float32, device=input_ids.device)
@@ -68,18 +63,27 @@ def generate(model, input_ids, attention_mask, *, max_new_tokens, eos_token_ids,
     if progress:
         from tqdm import tqdm
         steps = tqdm(steps, desc="generate", leave=False)
-    used = 0
-    for t in steps:
-        tok, lp = pick(logits, temperature, top_p, generator, banned)
-        tokens[:, t] = tok.masked_fill(done, pad_token_id)
-        logprobs[:, t] = lp.masked_fill(done, 0.0)
-        mask[:, t] = ~done
-        done = done | torch.isin(tok, eos)
-        used = t + 1
-        if t + 1 == max_new_tokens or _all_done(done, sync_ranks):
-            break
-        # finished rows keep decoding padding (cheaper than compacting the batch); their outputs are discarded
-        logits = model(tokens[:, t:t + 1], cache=cache, logits_to_keep=1)[:, -1]
+    # One autocast region over the whole decode (bf16-mixed): each trainable fp32 weight is cast to bf16 once per
+    # call, not once per token (autocast caches those casts until its outermost region ends). pick() has no matmul
+    # and upcasts the logits first, so its softmax and log-probs stay fp32 inside the region.
+    with model.autocast():
+        cache = model.new_cache(B, P + max_new_tokens, device=input_ids.device)
+        logits = model(input_ids, attention_mask=attention_mask, cache=cache, logits_to_keep=1, **vision_kwargs)[:, -1]
+        if num_samples > 1:
+            cache = cache.repeat_interleave(num_samples)
+            logits = logits.repeat_interleave(num_samples, dim=0)
+        used = 0
+        for t in steps:
+            tok, lp = pick(logits, temperature, top_p, generator, banned)
+            tokens[:, t] = tok.masked_fill(done, pad_token_id)
+            logprobs[:, t] = lp.masked_fill(done, 0.0)
+            mask[:, t] = ~done
+            done = done | torch.isin(tok, eos)
+            used = t + 1
+            if t + 1 == max_new_tokens or _all_done(done, sync_ranks):
+                break
+            # finished rows keep decoding padding (cheaper than compacting the batch); their outputs are discarded
+            logits = model(tokens[:, t:t + 1], cache=cache, logits_to_keep=1)[:, -1]
     return Generation(tokens[:, :used], logprobs[:, :used], mask[:, :used], ~done)
 
 

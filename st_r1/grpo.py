@@ -118,14 +118,18 @@ def completion_logprobs(model, prompts, tokens, mask, temperature=1.0, with_entr
     # DDP allows one forward per backward: the prompt pass calls the wrapped module itself (its parameters' gradient
     # hooks still fire in the backward). FSDP2 and plain modules have no .module: they are called directly.
     core = getattr(model, "module", model)
-    cache = core.new_cache(B, L + C, device=tokens.device)
-    first = core(**inputs, cache=cache, logits_to_keep=1)  # (B, 1, V): predicts each completion's first token
-    # always a copy (also for G = 1): the completions write their keys into it, the prompt pass saved its own
-    cache, first = cache.repeat_interleave(group_size), first.repeat_interleave(group_size, dim=0)
-    logits = first
-    if C > 1:  # tokens 0..C-2 predict 1..C-1; their keys mask covers the prompt and the completion so far
-        attn = torch.cat([inputs["attention_mask"].repeat_interleave(group_size, dim=0).bool(), mask[:, :-1]], dim=1)
-        logits = torch.cat([first, model(input_ids=tokens[:, :-1], attention_mask=attn, cache=cache)], dim=1)
+    # both passes in one autocast region (bf16-mixed): they share one bf16 copy of each weight, which the backward
+    # keeps, instead of one each
+    with core.autocast():
+        cache = core.new_cache(B, L + C, device=tokens.device)
+        first = core(**inputs, cache=cache, logits_to_keep=1)  # (B, 1, V): predicts each completion's first token
+        # always a copy (also for G = 1): the completions write their keys into it, the prompt pass saved its own
+        cache, first = cache.repeat_interleave(group_size), first.repeat_interleave(group_size, dim=0)
+        logits = first
+        if C > 1:  # tokens 0..C-2 predict 1..C-1; their keys mask covers the prompt and the completion so far
+            attn = torch.cat([inputs["attention_mask"].repeat_interleave(group_size, dim=0).bool(), mask[:, :-1]], 1)
+            logits = torch.cat([first, model(input_ids=tokens[:, :-1], attention_mask=attn, cache=cache)], dim=1)
+    # fp32 from here whatever the policy: softmax, log-probs and so the ratio, the KL and the loss (precision.py)
     logits = logits.float()
     if temperature and temperature != 1.0:
         logits = logits / temperature  # the sampler's distribution, so ratios compare like with like
@@ -266,5 +270,6 @@ def update(policy, ref_model, optimizer, prompts, gen, advantages, cfg, timer, s
                 raise FloatingPointError(f"non-finite gradient norm at step {step}, iteration {it}")
             optimizer.step()
         stats["grad_norm"] = float(grad_norm)
+    optimizer.zero_grad(set_to_none=True)  # free the gradients: the next rollout (its KV cache) needs none
     return stats
 

@@ -72,3 +72,16 @@ def merge_lora(model):
 def lora_parameters(model):
     """The trainable adapter tensors (A and B of every LoRALinear), for the optimizer."""
     return [p for m in model.modules() if isinstance(m, LoRALinear) for p in (m.lora_A, m.lora_B)]
+
+
+def split_state_dict(model, sd):
+    """For a checkpoint of an adapted model: (`sd` with the adapters merged into plain HF weights, the LoRA tensors).
+    The LoRA part keeps A, B and the unmerged base weight: re-splitting the merged weight in bf16 would not give the
+    base back exactly."""
+    merged, lora = dict(sd), {}
+    for name, m in model.named_modules():
+        if isinstance(m, LoRALinear):
+            a, b, w = (merged.pop(f"{name}.lora_A"), merged.pop(f"{name}.lora_B"), sd[f"{name}.weight"])
+            lora.update({f"{name}.lora_A": a, f"{name}.lora_B": b, f"{name}.weight": w})
+            merged[f"{name}.weight"] = (w.float() + (b.float() @ a.float()) * m.scale).to(w.dtype)
+    return merged, lora

@@ -5,6 +5,7 @@ SwiGLU), multimodal RoPE (Qwen2-VL paper, Sec. 2.1 "M-RoPE"), a pre-allocated KV
 Module names mirror the checkpoint tensor names (model.layers.N.*, visual.*, lm_head.*), so state_dict() is the
 on-disk layout.
 """
+import contextlib
 import json
 import os
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch.distributed.fsdp import FSDPModule
 
 from st_r1.vision import RMSNorm, VisionTower, apply_rope
 
@@ -46,7 +48,9 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # rotate in fp32 (cos/sin are fp32), then back to the dtype the projections computed in: under autocast
+        # q, k, v and the KV cache all stay bf16 instead of q and k being promoted to fp32 by the rotation
+        q, k = apply_rope(q.float(), cos, sin).to(v.dtype), apply_rope(k.float(), cos, sin).to(v.dtype)
         if cache is not None:  # write into the pre-allocated cache, attend over everything so far
             ck, cv = cache.k[layer], cache.v[layer]
             ck[:, :, start:start + L] = k
@@ -134,6 +138,7 @@ class VideoLM(nn.Module):
         self.head_dim = tc["hidden_size"] // tc["num_attention_heads"]
         self.tied = tc["tie_word_embeddings"]
         self.gradient_checkpointing = False  # train_sft.py --grad-checkpoint; decoder layers only, not with a cache
+        self.compute_dtype = None  # None: compute in the weights' dtype; bf16 over fp32 weights: st_r1/precision.py
         self.visual = VisionTower(vc, tc["hidden_size"], qwen25=self.model_type == "qwen2_5_vl")
         self.model = TextModel(tc)
         self.lm_head = nn.Linear(tc["hidden_size"], tc["vocab_size"], bias=False)
@@ -189,15 +194,15 @@ class VideoLM(nn.Module):
             next_pos[b] = start
         return pos.to(input_ids.device), next_pos.to(input_ids.device)
 
-    def mrope(self, pos, dtype):
-        """cos/sin (B, 1, L, head_dim): frequency band j rotates by the position on axis section_of(j)."""
+    def mrope(self, pos):
+        """fp32 cos/sin (B, 1, L, head_dim): frequency band j rotates by the position on axis section_of(j)."""
         d = self.head_dim
         inv_freq = 1.0 / self.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=pos.device) / d)
         ang = pos[..., None].float() * inv_freq  # (3, B, L, d/2)
         axis = torch.repeat_interleave(torch.arange(len(self.mrope_section)) % 3, torch.tensor(self.mrope_section))
         ang = ang[axis.to(pos.device), :, :, torch.arange(d // 2, device=pos.device)].permute(1, 2, 0)
         ang = torch.cat([ang, ang], -1)[:, None]
-        return ang.cos().to(dtype), ang.sin().to(dtype)
+        return ang.cos(), ang.sin()
 
     # ---------------------------------------------------------------- forward
     def _splice(self, x, input_ids, token_id, pixels, grid_thw):
@@ -210,9 +215,18 @@ class VideoLM(nn.Module):
             raise ValueError(f"{int(where.sum())} placeholder tokens {token_id} but {feats.shape[0]} vision features")
         return x.masked_scatter(where[..., None], feats)
 
+    def autocast(self):
+        """torch.autocast to compute_dtype under bf16-mixed on one process or DDP; a no-op context otherwise: fp32,
+        pure bf16, and FSDP2, whose MixedPrecisionPolicy hands every module bf16 copies of its fp32 shards."""
+        if self.compute_dtype is None or isinstance(self, FSDPModule):
+            return contextlib.nullcontext()  # not autocast(enabled=False): a caller's own autocast stays on
+        return torch.autocast(self.lm_head.weight.device.type, dtype=self.compute_dtype)
+
     def new_cache(self, batch_size, max_len, dtype=None, device=None):
+        """Empty KV cache. Its dtype follows the compute dtype (bf16 under bf16-mixed, not the fp32 weights'):
+        the keys and values written into it are what the projections compute."""
         w = self.lm_head.weight
-        dtype, device = dtype or w.dtype, device or w.device
+        dtype, device = dtype or self.compute_dtype or w.dtype, device or w.device
         kv = self.model.layers[0].self_attn.n_kv_heads
         shape = (batch_size, kv, max_len, self.head_dim)
         n = len(self.model.layers)
@@ -235,41 +249,44 @@ class VideoLM(nn.Module):
             new_mask = attention_mask[:, -n:].bool()
         if past > 0 and (pixel_values is not None or pixel_values_videos is not None):
             raise ValueError("images/videos must come with the prompt (empty cache), not in a decoding step")
-        x = self.model.embed_tokens(input_ids)
-        x = self._splice(x, input_ids, self.image_token_id, pixel_values, image_grid_thw)
-        x = self._splice(x, input_ids, self.video_token_id, pixel_values_videos, video_grid_thw)
-        if past == 0:
-            pos, next_pos = self.rope_index(input_ids, new_mask, image_grid_thw, video_grid_thw, second_per_grid_ts)
-        else:  # decoding: positions continue per row from the prompt's last position (the "rope delta")
-            pos = (cache.next_pos[:, None] + new_mask.long().cumsum(1) - 1).expand(3, -1, -1)
-            next_pos = cache.next_pos + new_mask.sum(1)
-        cos, sin = self.mrope(pos, x.dtype)
-        if cache is not None:
-            if past + n > cache.max_len:
-                raise ValueError(f"KV cache holds {cache.max_len} tokens; {past + n} needed")
-            cache.mask[:, past:past + n] = new_mask
-            keys = cache.mask[:, :past + n]
-            cache.next_pos = next_pos
-        else:
-            keys = new_mask
-        mask = None
-        if past > 0 or not bool(keys.all()):
-            q_at = torch.arange(past, past + n, device=x.device)[:, None]
-            k_at = torch.arange(past + n, device=x.device)[None, :]
-            # causal & real keys; a padding query sees itself so its row stays finite (its output is unused)
-            mask = ((k_at <= q_at) & keys[:, None, None, :]) | (k_at == q_at)
-        remat = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
-        for i, layer in enumerate(self.model.layers):
-            if remat:  # keep only each layer's input; recompute its activations in the backward (SFT memory)
-                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, None, i, past, use_reentrant=False)
+        # the matmuls run under autocast when the policy is bf16-mixed (see autocast()); the logits come out in the
+        # compute dtype and every loss upcasts them to fp32 first
+        with self.autocast():
+            x = self.model.embed_tokens(input_ids)
+            x = self._splice(x, input_ids, self.image_token_id, pixel_values, image_grid_thw)
+            x = self._splice(x, input_ids, self.video_token_id, pixel_values_videos, video_grid_thw)
+            if past == 0:
+                pos, next_pos = self.rope_index(input_ids, new_mask, image_grid_thw, video_grid_thw, second_per_grid_ts)
+            else:  # decoding: positions continue per row from the prompt's last position (the "rope delta")
+                pos = (cache.next_pos[:, None] + new_mask.long().cumsum(1) - 1).expand(3, -1, -1)
+                next_pos = cache.next_pos + new_mask.sum(1)
+            cos, sin = self.mrope(pos)
+            if cache is not None:
+                if past + n > cache.max_len:
+                    raise ValueError(f"KV cache holds {cache.max_len} tokens; {past + n} needed")
+                cache.mask[:, past:past + n] = new_mask
+                keys = cache.mask[:, :past + n]
+                cache.next_pos = next_pos
             else:
-                x = layer(x, cos, sin, mask, cache, i, past)
-        if cache is not None:
-            cache.length = past + n
-        x = self.model.norm(x)
-        if logits_to_keep:
-            x = x[:, -logits_to_keep:]
-        return self.lm_head(x)
+                keys = new_mask
+            mask = None
+            if past > 0 or not bool(keys.all()):
+                q_at = torch.arange(past, past + n, device=x.device)[:, None]
+                k_at = torch.arange(past + n, device=x.device)[None, :]
+                # causal & real keys; a padding query sees itself so its row stays finite (its output is unused)
+                mask = ((k_at <= q_at) & keys[:, None, None, :]) | (k_at == q_at)
+            remat = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
+            for i, layer in enumerate(self.model.layers):
+                if remat:  # keep only each layer's input; recompute its activations in the backward (SFT memory)
+                    x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, None, i, past, use_reentrant=False)
+                else:
+                    x = layer(x, cos, sin, mask, cache, i, past)
+            if cache is not None:
+                cache.length = past + n
+            x = self.model.norm(x)
+            if logits_to_keep:
+                x = x[:, -logits_to_keep:]
+            return self.lm_head(x)
 
     # ---------------------------------------------------------------- construction and checkpoints
     @classmethod

@@ -66,9 +66,11 @@ class VisionAttention(nn.Module):
     def forward(self, x, cos, sin, groups):
         n = x.shape[0]
         q, k, v = self.qkv(x).view(n, 3, self.num_heads, -1).unbind(1)
-        q = apply_rope(q.float(), cos, sin).to(x.dtype)
-        k = apply_rope(k.float(), cos, sin).to(x.dtype)
-        out = torch.empty_like(q)
+        # rotate in fp32, then back to the dtype qkv computed in (bf16 under autocast; the norm before it may have
+        # handed it fp32): q, k, v and so the attention output share one dtype, the buffer's
+        q = apply_rope(q.float(), cos, sin).to(v.dtype)
+        k = apply_rope(k.float(), cos, sin).to(v.dtype)
+        out = torch.empty_like(v)
         # each group is (segments, L) token indices: equal-length segments run as one SDPA batch
         for idx in groups:
             o = F.scaled_dot_product_attention(q[idx].transpose(1, 2), k[idx].transpose(1, 2), v[idx].transpose(1, 2))
