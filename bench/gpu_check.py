@@ -158,13 +158,16 @@ def train(a, device):
         prompts = {k: v for k, v in batch.items() if k != "labels"}
         cfg = grpo.GRPOConfig(group_size=a.group, max_new_tokens=a.new, micro_batch=a.group, beta=0.04)
         never = [10**9]  # no EOS: every completion is a.new tokens long
-        r.update(grpo_grad_norm=[], grpo_kl=[], rollout_s=[], update_s=[])
+        r.update(grpo_grad_norm=[], grpo_kl=[], rollout_s=[], update_s=[], sampler_vs_update_logp=[])
         with peak:
             for step in range(2):
                 timer, t = grpo.Timer(), sync(device)
                 model.eval()
                 gen = grpo.rollout(model, prompts, cfg, never, 0, torch.Generator(device).manual_seed(step))
                 r["rollout_s"].append(sync(device) - t)
+                with torch.no_grad():  # the sampler's log-probs against the update's recomputation (bf16 noise)
+                    logp, _ = grpo.completion_logprobs(model, prompts, gen.tokens, gen.mask, group_size=a.group)
+                r["sampler_vs_update_logp"].append((logp - gen.logprobs * gen.mask).abs().max().item())
                 reward = (gen.tokens % 2 == 0).float().mean(1)  # a toy reward that differs within the group
                 adv, _ = grpo.group_advantages(reward, a.group)
                 t = sync(device)
@@ -273,14 +276,16 @@ def markdown(r):
         out += [f"## SFT and GRPO steps per policy ({tr['decoder_layers']} decoder layers; peak memory: "
                 f"{'CUDA allocator' if 'cpu' not in r['device'] else 'RSS above the start, noisy at this size'})", "",
                 "| policy | SFT losses | SFT step (s) | SFT peak / memory.py (GB) | GRPO grad norms | KL | rollout (s) | "
-                "update (s) | GRPO peak / memory.py (GB) | master weights | AdamW |", "|---" * 11 + "|"]
+                "update (s) | GRPO peak / memory.py (GB) | sampler vs update log-prob, max abs diff | master weights | AdamW |",
+                "|---" * 12 + "|"]
         for k in precision.POLICIES:
             x = tr[k]
             f = lambda v, fmt=".4f": ", ".join(f"{u:{fmt}}" for u in v)
             out.append(f"| {k} | {f(x['sft_loss'])} | {min(x['sft_s']):.2f} | {x['sft_peak_gb']:.2f} / "
                        f"{x['sft_estimate_gb']:.2f} | {f(x['grpo_grad_norm'], '.3f')} | {f(x['grpo_kl'], '.2e')} | "
                        f"{min(x['rollout_s']):.2f} | {min(x['update_s']):.2f} | {x['grpo_peak_gb']:.2f} / "
-                       f"{x['grpo_estimate_gb']:.2f} | {x['master_dtype']} | {x['adamw_dtype']} |")
+                       f"{x['grpo_estimate_gb']:.2f} | {max(x['sampler_vs_update_logp']):.1e} | {x['master_dtype']} | "
+                       f"{x['adamw_dtype']} |")
         out.append("")
     ro = r["sections"].get("rollout", {})
     if "table" in ro:

@@ -63,7 +63,10 @@ def fsdp_policy(pol):
     if not pol.mixed:
         return None
     from torch.distributed.fsdp import MixedPrecisionPolicy
-    return MixedPrecisionPolicy(param_dtype=pol.compute_dtype, reduce_dtype=pol.param_dtype)
+    # no input casts at the blocks: their activations arrive in bf16 anyway (bf16 embeddings), and the rotary
+    # cos / sin they are handed must stay fp32
+    return MixedPrecisionPolicy(param_dtype=pol.compute_dtype, reduce_dtype=pol.param_dtype,
+                                cast_forward_inputs=False)
 
 
 def warn_if_pure(pol, log=print):
