@@ -118,33 +118,18 @@ def build_tokenizer(meta):
 
 
 def config(meta, tok, vision_hidden=64, vision_depth=2, vision_heads=4):
-    """Qwen2.5-VL config.json (the released checkpoints' flat layout) for the GGUF's decoder."""
-    ids = {t: tok.convert_tokens_to_ids(t) for t in tiny.SPECIAL}
+    """Qwen2.5-VL config.json (the released checkpoints' flat layout) for the GGUF's decoder: the tiny model's
+    layout (st_r1.tiny.tiny_config) with SmolLM2's sizes, norm, rope and context."""
     hidden, heads = meta["llama.embedding_length"], meta["llama.attention.head_count"]
     if meta["llama.rope.dimension_count"] != hidden // heads:
         raise ValueError("partial rotary is not supported")
-    return {
-        "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
-        "vocab_size": -(-len(tok) // 16) * 16, "hidden_size": hidden,
-        "intermediate_size": meta["llama.feed_forward_length"], "num_hidden_layers": meta["llama.block_count"],
-        "num_attention_heads": heads, "num_key_value_heads": meta["llama.attention.head_count_kv"],
-        "hidden_act": "silu", "rms_norm_eps": float(meta["llama.attention.layer_norm_rms_epsilon"]),
-        "max_position_embeddings": meta["llama.context_length"], "initializer_range": 0.02,
-        "rope_theta": float(meta["llama.rope.freq_base"]),
-        "rope_scaling": {"type": "mrope", "mrope_section": tiny.mrope_section(hidden // heads)},
-        "use_sliding_window": False, "sliding_window": meta["llama.context_length"],
-        "max_window_layers": meta["llama.block_count"], "attention_dropout": 0.0,
-        "tie_word_embeddings": True, "torch_dtype": "float32", "use_cache": True,
-        "bos_token_id": ids["<|im_start|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
-        "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
-        "vision_token_id": ids["<|vision_pad|>"], "image_token_id": ids["<|image_pad|>"],
-        "video_token_id": ids["<|video_pad|>"],
-        "vision_config": {
-            "depth": vision_depth, "hidden_size": vision_hidden, "intermediate_size": 2 * vision_hidden,
-            "num_heads": vision_heads, "hidden_act": "silu", "in_chans": 3, "out_hidden_size": hidden,
-            "patch_size": 14, "spatial_patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
-            "window_size": 112, "fullatt_block_indexes": [vision_depth - 1], "tokens_per_second": 2},
-    }
+    cfg = tiny.tiny_config(tok, hidden, meta["llama.block_count"], heads, meta["llama.attention.head_count_kv"],
+                           vision_hidden, vision_depth, vision_heads)
+    n = meta["llama.context_length"]
+    cfg.update(intermediate_size=meta["llama.feed_forward_length"], max_position_embeddings=n, sliding_window=n,
+               rms_norm_eps=float(meta["llama.attention.layer_norm_rms_epsilon"]),
+               rope_theta=float(meta["llama.rope.freq_base"]), bos_token_id=tok.convert_tokens_to_ids("<|im_start|>"))
+    return cfg
 
 
 def write_folder(out, path=None, seed=0):
