@@ -221,7 +221,7 @@ def told(row, layout):
 def probe_told(model, tok, rows, layout, in_chat):
     """Teacher-forced letter after "Answer:" (plain text, " A".." D") or at the start of the assistant's reply
     (SmolLM2's chat template, "A".."D")."""
-    letters, right, per = letter_ids(tok, space=not in_chat), 0, {}
+    letters, right, per, said = letter_ids(tok, space=not in_chat), 0, {}, {L: 0 for L in "ABCD"}
     for r in rows:
         q = told(r, layout)
         if in_chat:
@@ -229,12 +229,14 @@ def probe_told(model, tok, rows, layout, in_chat):
                                            tokenize=False, add_generation_prompt=True)
         else:
             text = q + " Answer:"
-        ok = "ABCD"[first_letter(model, tok.encode(text, add_special_tokens=False), letters)] == r["original_answer"]
+        letter = "ABCD"[first_letter(model, tok.encode(text, add_special_tokens=False), letters)]
+        said[letter] += 1
+        ok = letter == r["original_answer"]
         right += ok
         per.setdefault(r["task"], [0, 0])
         per[r["task"]][0] += ok
         per[r["task"]][1] += 1
-    return right, len(rows), per
+    return right, len(rows), per, said
 
 
 def greedy_replies(model, tok, rows, max_new_tokens=24):
@@ -267,9 +269,9 @@ def probe(folder, rows_path, n=64, n_greedy=6):
         rows = [rows[i] for i in rng.permutation(len(rows))[:n]]
         for layout in ("bench", "lines"):
             for in_chat in (False, True):
-                right, total, per = probe_told(model, tok, rows, layout, in_chat)
+                right, total, per, said = probe_told(model, tok, rows, layout, in_chat)
                 key = f"told, {layout} layout, {'chat' if in_chat else 'plain'}"
-                res[key] = {"right": right, "n": total, "acc": right / total, "per task": per}
+                res[key] = {"right": right, "n": total, "acc": right / total, "per task": per, "letters said": said}
                 print(key, res[key], flush=True)
         res["greedy"] = greedy_replies(model, tok, rows[:n_greedy])
     return res
