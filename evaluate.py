@@ -186,7 +186,7 @@ def load_ours(opt):
     model = precision.apply(VideoLM.from_pretrained(opt.model, dtype=prec.param_dtype, device=device).eval(), prec)
     enc = data.PromptEncoder(tok, video_root=video_root(opt), num_frames=opt.num_frames, min_pixels=opt.min_pixels,
                              max_pixels=opt.max_pixels, max_len=data.context_limit(opt.model, opt.max_seq_len),
-                             fps=opt.fps)
+                             fps=opt.fps, merge_size=model.spatial_merge_size, family=model.model_type)
     return model, tok, enc
 
 

@@ -149,3 +149,132 @@ def test_save_roundtrip_to_transformers_and_both_layouts(pair, tmp_path):
     again = VideoLM.from_pretrained(str(tmp_path / "flat"))
     assert all(torch.equal(x, y) for x, y in zip(again.state_dict().values(), ours.state_dict().values()))
     assert again.tied == ours.tied == bool(ref.config.tie_word_embeddings)
+
+
+# ----------------------------------------------------------------------------- the processor
+
+@pytest.fixture(scope="module")
+def hf_processing():
+    """transformers' Qwen3VLVideoProcessor and Qwen3VLProcessor, run without torchvision.
+
+    PyPI's torchvision wheels are CUDA builds that do not load next to the CPU torch used here, and transformers only
+    offers its Qwen3-VL video processor on torchvision. So the module is loaded from its file and the four
+    torchvision functions it calls are stood in for as torchvision 0.28 computes them on a CPU tensor
+    (transforms/v2/functional): resize_image of a uint8 image with BICUBIC passes the uint8 tensor itself to torch's
+    interpolate (its native uint8 path, `_do_native_uint8_resize_on_cpu`), normalize_image is (x - mean) / std in
+    float32, grayscale_to_rgb returns a 3-channel image as it is. Everything else (resize rule, rescale, patch
+    order, grid, timestamps, prompt expansion) is transformers' own code."""
+    import importlib.util
+    import sys
+    import types
+
+    import torch.nn.functional as F
+    import transformers
+    import transformers.image_processing_backends as backends
+    import transformers.video_processing_utils as vpu
+    from transformers.image_utils import PILImageResampling
+    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+
+    def resize(image, size, interpolation, antialias=True):
+        flat = image.reshape(-1, *image.shape[-3:])
+        out = F.interpolate(flat, size=list(size), mode=interpolation, align_corners=False, antialias=antialias)
+        return out.reshape(*image.shape[:-2], *out.shape[-2:])
+
+    def normalize(image, mean, std, inplace=False):
+        return (image - torch.as_tensor(mean).view(-1, 1, 1)) / torch.as_tensor(std).view(-1, 1, 1)
+
+    tvf = types.SimpleNamespace(resize=resize, normalize=normalize, grayscale_to_rgb=lambda x: x,
+                                InterpolationMode=types.SimpleNamespace(BICUBIC="bicubic", BILINEAR="bilinear",
+                                                                        LANCZOS="lanczos"))
+    mp = pytest.MonkeyPatch()
+    mp.setattr(vpu, "tvF", tvf, raising=False)
+    mp.setattr(backends, "tvF", tvf, raising=False)
+    mp.setattr(backends, "pil_torch_interpolation_mapping", {PILImageResampling.BICUBIC: "bicubic"})
+    # the processor checks its parts against the auto classes, which without torchvision are placeholders
+    mp.setattr(Qwen3VLProcessor, "check_argument_for_proper_class", lambda self, name, arg: type(arg))
+    name = "transformers.models.qwen3_vl._video_processing_qwen3_vl_cpu"
+    path = os.path.join(os.path.dirname(transformers.__file__), "models", "qwen3_vl", "video_processing_qwen3_vl.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    mp.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    mp.setattr(module, "tvF", tvf, raising=False)
+    yield module, Qwen3VLProcessor
+    mp.undo()
+
+
+def hf_video(module, frames, min_pixels, max_pixels):
+    """The processor's pixels for these frames, its budget (over all frames) set to our per-frame one x frames."""
+    n = len(frames)
+    vp = module.Qwen3VLVideoProcessor(size={"shortest_edge": min_pixels * n, "longest_edge": max_pixels * n},
+                                      do_sample_frames=False, cap_pixels_per_frame=False)
+    out = vp(videos=[np.asarray(frames)], return_tensors="pt")
+    return vp, out["pixel_values_videos"], out["video_grid_thw"]
+
+
+def test_smart_resize_video_matches_transformers(hf_processing):
+    from st_r1.video import smart_resize_video
+    module, _ = hf_processing
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        t = int(rng.integers(2, 20))
+        h, w = rng.integers(8, 2000, 2).tolist()
+        lo, hi = sorted(rng.integers(32 * 32, 2000 * 32 * 32, 2).tolist())
+        assert smart_resize_video(t, h, w, 32, lo * t, hi * t) == module.smart_resize(t, h, w, 2, 32, lo * t, hi * t)
+
+
+@pytest.mark.parametrize("t,h,w,lo,hi", [
+    (4, 360, 640, 32 * 32, 64 * 32 * 32),   # downscale (the common video case)
+    (5, 100, 150, 32 * 32, 80 * 32 * 32),   # odd frame count: padded after the resize, as the processor does
+    (2, 20, 150, 32 * 32, 40 * 32 * 32),    # a side under 32 px: scaled up to it first
+])
+def test_frames_match_the_qwen3_vl_video_processor(hf_processing, t, h, w, lo, hi):
+    from st_r1.video import preprocess
+    from tests.test_video import natural_image
+    module, _ = hf_processing
+    frames = np.stack([natural_image(h, w, seed=i) for i in range(t)])
+    _, ref, ref_grid = hf_video(module, frames, lo, hi)
+    pv, grid = preprocess(frames, lo, hi, family="qwen3_vl")
+    assert grid.tolist() == ref_grid.tolist() and pv.shape == ref.shape == (int(grid.prod()), PATCH)
+    assert (pv - ref).abs().max() < 1e-5
+
+
+def test_video_prompt_with_timestamps_matches_the_qwen3_vl_processor(hf_processing, tiny_tok, tmp_path):
+    """A real mp4 at 8 fps: our frames, timestamps (their presentation times) and prompt ids against the processor
+    given the same frames with their indices and the stream's rate."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.video_utils import VideoMetadata
+
+    from st_r1 import video as V
+    from tests.test_video import write_video
+    module, Qwen3VLProcessor = hf_processing
+    path = write_video(tmp_path / "v.mp4", 40, fps=8, h=100, w=150)
+    lo, hi = 32 * 32, 24 * 32 * 32
+    clip = V.load_video(path, 6, lo, hi, family="qwen3_vl")
+    frames = V.sample_frames(path, 6)
+    indices = V.uniform_indices(40, 6)
+    assert indices == [0, 8, 16, 23, 31, 39]
+    # (0 + 1) / 2, (2 + 2.875) / 2, (3.875 + 4.875) / 2 seconds
+    assert clip.timestamps == [0.5, 2.4375, 4.375]
+    vp, ref, ref_grid = hf_video(module, frames, lo, hi)
+    assert torch.equal(clip.grid, ref_grid) and (clip.pixel_values - ref).abs().max() < 1e-5
+    proc = Qwen3VLProcessor(image_processor=Qwen2VLImageProcessorPil(patch_size=16), tokenizer=tiny_tok,
+                            video_processor=vp)
+    question = "Which way do you turn?"
+    text = chat.prompt_text(question, 1)  # the template's <|vision_start|><|video_pad|><|vision_end|>
+    got = proc(text=[text], videos=[frames], return_tensors="pt",
+               video_metadata=[VideoMetadata(total_num_frames=40, fps=8.0, frames_indices=indices)])
+    ours = chat.prompt_ids(tiny_tok, question, clip.grid, 2, timestamps=clip.timestamps)
+    assert got["input_ids"][0].tolist() == ours
+    assert torch.equal(got["video_grid_thw"], clip.grid)
+    assert "<0.5 seconds><|vision_start|>" in tiny_tok.decode(ours) and "<4.4 seconds>" in tiny_tok.decode(ours)
+    assert tiny_tok.decode(ours).count("<|video_pad|>") == int(clip.grid.prod()) // 4
+
+
+@pytest.fixture(scope="module")
+def tiny_tok(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from st_r1.tiny import write_tiny_model
+    path = write_tiny_model(str(tmp_path_factory.mktemp("tok")), weights=False, vocab_size=800, family="qwen3_vl")
+    return AutoTokenizer.from_pretrained(path)
