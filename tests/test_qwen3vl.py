@@ -278,3 +278,83 @@ def tiny_tok(tmp_path_factory):
     from st_r1.tiny import write_tiny_model
     path = write_tiny_model(str(tmp_path_factory.mktemp("tok")), weights=False, vocab_size=800, family="qwen3_vl")
     return AutoTokenizer.from_pretrained(path)
+
+
+# ----------------------------------------------------------------------------- the scripts on a tiny Qwen3-VL
+
+@pytest.fixture(scope="module")
+def tiny3(tmp_path_factory):
+    from st_r1.tiny import write_tiny_model
+    from st_r1.world import make_bench
+    root = tmp_path_factory.mktemp("tiny3")
+    make_bench(str(root / "bench"), seed=0, n_videos=2, n_test=1, size=56, frames=32, workers=1, progress=False)
+    # one vision block feeding DeepStack (index 0) and the main merger; 64x64 frames: 2x2 tokens per temporal patch
+    write_tiny_model(str(root / "model"), hidden=64, layers=2, vision_hidden=32, vision_depth=1, vocab_size=800,
+                     family="qwen3_vl")
+    return root
+
+
+def flags(tiny3, out):
+    return ["--model", tiny3 / "model", "--train-file", tiny3 / "bench" / "train.jsonl", "--eval-file", "",
+            "--out", out, "--min-pixels", 32 * 32, "--max-pixels", 64 * 64, "--eval-every", 0]
+
+
+def test_prompt_encoder_writes_timestamped_blocks(tiny3):
+    from st_r1 import data
+    tok = data.load_tokenizer(str(tiny3 / "model"))
+    model = VideoLM.from_pretrained(str(tiny3 / "model"))
+    assert model.model_type == "qwen3_vl" and model.patch_size == 16 and model.visual.deepstack_visual_indexes == [0]
+    enc = data.PromptEncoder(tok, str(tiny3 / "bench"), 8, 32 * 32, 64 * 64, family="qwen3_vl")
+    row = data.load_rows(str(tiny3 / "bench" / "train.jsonl"))[0]
+    ex = enc.encode(row)
+    text = tok.decode(ex["input_ids"])
+    t = int(ex["video_grid_thw"][0, 0])
+    assert ex["pixel_values_videos"].shape[1] == PATCH and ex["video_grid_thw"].tolist() == [[4, 4, 4]]
+    assert text.count(" seconds><|vision_start|>") == t and text.count("<|video_pad|>") == 4 * t
+    batch = data.collate_prompts([ex, enc.encode_sft(row)], tok.pad_token_id)
+    with torch.no_grad():
+        assert torch.isfinite(model(**{k: v for k, v in batch.items() if k != "labels"})).all()
+
+
+def test_sft_lora_grpo_and_evaluate_scripts_on_tiny_qwen3vl(tiny3, tmp_path):
+    """SFT (with LoRA, merged on save), GRPO from its model, evaluate: all read the family from config.json, and
+    every saved model is a Qwen3-VL folder that transformers loads."""
+    import transformers as tf
+
+    from tests.test_train import final, log, run
+    sft = ["--steps", 3, "--batch-size", 4, "--micro-batch", 2, "--lr", 3e-3, "--warmup", 1, "--lora-r", 4]
+    p = run("train_sft.py", flags(tiny3, tmp_path / "sft") + sft)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert all(np.isfinite(r["loss"]) for r in log(tmp_path / "sft"))
+    model = tmp_path / "sft" / open(tmp_path / "sft" / "latest").read().strip() / "model"
+    assert any(k.startswith("model.language_model.") for k in final(tmp_path / "sft"))
+    tf.Qwen3VLForConditionalGeneration.from_pretrained(str(model))  # loads, no tensor missing or unexpected
+    grpo = ["--steps", 2, "--prompts-per-step", 2, "--group-size", 4, "--max-new-tokens", 8, "--micro-batch", 4,
+            "--lr", 1e-2, "--beta", 0.04, "--reward-weights", "brevity=1,format=1"]
+    p = run("train_grpo.py", flags(tiny3, tmp_path / "grpo")[2:] + ["--model", model] + grpo)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert all(r["grad_norm"] > 0 for r in log(tmp_path / "grpo"))
+    grpo_model = tmp_path / "grpo" / open(tmp_path / "grpo" / "latest").read().strip() / "model"
+    p = run("evaluate.py", ["--bench", tiny3 / "bench" / "test.jsonl", "--model", grpo_model, "--limit", 3,
+                            "--max-new-tokens", 6, "--min-pixels", 32 * 32, "--max-pixels", 64 * 64,
+                            "--out", tmp_path / "s.json"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((tmp_path / "s.json").read_text())["missing"] == 0
+
+
+def test_sft_fsdp_and_grpo_two_ranks_equal_one_process_qwen3vl(tiny3, tmp_path):
+    """2 gloo processes == 1: SFT under FSDP2 (decoder and vision blocks sharded, DeepStack mergers in the root
+    unit), GRPO under DDP (KV-cache rollout, shared-prefix update)."""
+    from tests.test_train import assert_same, run
+    sft = ["--steps", 2, "--batch-size", 4, "--micro-batch", 2, "--lr", 1e-3, "--warmup", 1]
+    for n, extra in ((1, []), (2, ["--parallel", "fsdp"])):
+        p = run("train_sft.py", flags(tiny3, tmp_path / f"sft{n}") + sft + extra, nproc=n)
+        assert p.returncode == 0, p.stderr[-3000:]
+    assert_same(tmp_path / "sft1", tmp_path / "sft2", "loss", 1e-4)
+    # lr 1e-3: Adam turns float noise in near-zero gradients into updates of ~lr; at 1e-2 that passes 1e-4
+    grpo = ["--steps", 2, "--prompts-per-step", 2, "--group-size", 4, "--max-new-tokens", 8, "--micro-batch", 4,
+            "--lr", 1e-3, "--beta", 0.04, "--reward-weights", "brevity=1,format=1"]
+    for n in (1, 2):
+        p = run("train_grpo.py", flags(tiny3, tmp_path / f"grpo{n}") + grpo, nproc=n)
+        assert p.returncode == 0, p.stderr[-3000:]
+    assert_same(tmp_path / "grpo1", tmp_path / "grpo2", "reward", 1e-4)
