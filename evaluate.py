@@ -45,7 +45,7 @@ class Options:
     predictions: str = ""         # JSONL of predictions, or the authors' .json output; default with --model:
     #                               {out without .json}.predictions.jsonl
     out: str = "scores.json"      # all scores as JSON (groups and per-row results)
-    model: str = ""               # HF folder of a Qwen2-VL / Qwen2.5-VL model: make predictions with ours first
+    model: str = ""               # HF folder of a Qwen2-VL / 2.5-VL / 3-VL model: make predictions with ours first
     video_root: str = ""          # relative video paths resolve here; default: the bench file's folder (or the folder)
     batch_size: int = 8
     max_new_tokens: int = 0       # 0: 512, the paper's inference; 256 for the tiny models (their CoTs are shorter)
