@@ -4,7 +4,7 @@ reverse-thinking reward), over several seeds, ending in one per-task table (forw
 trained arm is also evaluated with each question given another video's frames: the column that shows whether the
 answers come from the video (chance) or from the text of the question and its options (above chance).
 
-    python bench/main_job.py                      # ~40 min on 2 CPU cores; rerun the same command to resume
+    python bench/main_job.py                      # ~15 min on 2 CPU cores; rerun the same command to resume
 
 Every stage is one of the three top-level scripts run as a subprocess with the flags printed above it, so the job
 reads as the recipe a user would type. A stage whose result exists is skipped; a stopped training stage continues
