@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from st_r1 import dist as D
+from conftest import run_bounded  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -33,8 +34,7 @@ def _launch(args, nproc=2, env=None, timeout=120):
     if nproc > 1:
         cmd += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_port()}"]
     env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run(cmd + [WORKER] + [str(a) for a in args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return run_bounded(cmd + [WORKER] + [str(a) for a in args], timeout, cwd=ROOT, env=env)
 
 
 def _run(args, nproc=2):
@@ -205,3 +205,16 @@ def test_all_reduce_and_wrap_single_process():
     assert D.wrap_model(m, "fsdp", ("Linear",)) is m  # one process: nothing to shard
     with pytest.raises(ValueError, match="mode"):
         D.wrap_model(m, "zero3")
+
+
+def test_a_timed_out_launch_leaves_no_process_behind(tmp_path):
+    """The launcher's children die with it: subprocess.run(timeout=...) kills torchrun alone and its ranks kept
+    running (and holding the cores) through the rest of the suite."""
+    import time
+    marker = tmp_path / "child-still-alive"
+    child = f"import pathlib, time; time.sleep(3); pathlib.Path({str(marker)!r}).write_text('x')"
+    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)"
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_bounded([sys.executable, "-c", parent], timeout=1)
+    time.sleep(4)
+    assert not marker.exists()

@@ -2,12 +2,12 @@
 import json
 import os
 import socket
-import subprocess
 import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from conftest import run_bounded  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,8 +32,7 @@ def run(script, args, nproc=1, env=None, timeout=300):
     cmd = [sys.executable] + (["-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                                f"--master_port={_port()}"] if nproc > 1 else []) + [script]
     env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run(cmd + [str(a) for a in args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_bounded(cmd + [str(a) for a in args], timeout, cwd=ROOT, env=env)
 
 
 def common(tiny, out):
