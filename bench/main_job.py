@@ -150,7 +150,7 @@ def pooled(per_seed, arm):
                     mcq.setdefault(g, []).append(r["correct"])
                 else:
                     route.setdefault(g, []).append(r["rubric"])
-    return ({g: scoring._acc_stat(v) for g, v in mcq.items()}, {g: scoring._mean_stat(v) for g, v in route.items()})
+    return ({g: scoring.acc_stat(v) for g, v in mcq.items()}, {g: scoring.mean_stat(v) for g, v in route.items()})
 
 
 def table(per_seed, seeds, blind):

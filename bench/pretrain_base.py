@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from st_r1 import chat, cli, dist, runs, scoring, tiny, video, world  # noqa: E402
+from st_r1 import chat, cli, dist, rubric, runs, tiny, video, world  # noqa: E402
 
 FRAMES = 16  # rendered per walk, as the main job writes its bench; 8 are sampled, as the readers sample them
 
@@ -255,7 +255,7 @@ def greedy(model, tok, examples, max_new=64):
 
 def describe_score(texts, events):
     """Mean route rubric (0-5) of narrations against the true forward route."""
-    return float(np.mean([scoring.rubric(t, ", then ".join(ev), True)["score"] for t, ev in zip(texts, events)]))
+    return float(np.mean([rubric.rubric(t, ", then ".join(ev), True)["score"] for t, ev in zip(texts, events)]))
 
 
 def evaluate(model, tok, held, n, vocab=tiny.WORDS):

@@ -138,7 +138,7 @@ def test_options_give_nothing_away_without_the_video():
     """Every option set is a symmetric design (one event with four values, or two events with two values each, all
     four combinations), so the truth is not the set's centre: a text-only guess that picks the option most similar
     to the others (the near-miss distractors of before made that the truth every time) stays at chance."""
-    from st_r1.rewards import seq_similarity
+    from st_r1.rubric import seq_similarity
     hits = n = 0
     for i in range(60):
         w = W.world_for(5, "train", i, frames=16)
