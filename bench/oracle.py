@@ -55,7 +55,7 @@ def tell(row, path):
 
 
 def check(bench, predictions):
-    from evaluate import read_predictions  # the scorer's reader: same formats, same errors
+    from st_r1.predictions import read_predictions  # the scorer's reader: same formats, same errors
     rows = data.load_rows(bench)
     if not os.path.isfile(predictions):
         raise FileNotFoundError(f"{predictions}: no such file")
