@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import pretrain_base as P  # noqa: E402
-from st_r1 import data, tiny, world  # noqa: E402
+from st_r1 import data, render, tiny  # noqa: E402
 from st_r1.model import VideoLM  # noqa: E402
 
 
@@ -75,5 +75,5 @@ if __name__ == "__main__":
         print(json.dumps({"model": a.model, "bench": a.bench, "right": right, "n": n}))
     else:
         out = {name: by_vocabulary(model, tok, letters, v) for name, v in
-               (("tiny.WORDS", list(tiny.WORDS)), ("other words", P.lookup_vocab(tok)), ("colours", list(world.COLOURS)))}
+               (("tiny.WORDS", list(tiny.WORDS)), ("other words", P.lookup_vocab(tok)), ("colours", list(render.COLOURS)))}
         print(json.dumps({"model": a.model, **out}))

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from st_r1 import cli, data, world  # noqa: E402
+from st_r1 import cli, data, render, world  # noqa: E402
 
-COLOURS = list(world.COLOURS)
+COLOURS = list(render.COLOURS)
 
 
 @dataclass
@@ -61,10 +61,10 @@ def square_videos(out, n_train, n_test, shown, side, seed):
             frames = (128 + rng.integers(-30, 30, (16, 112, 112, 3))).astype(np.uint8)
             y, x = rng.integers(0, 113 - side, 2)
             for f in rng.choice(sampled, shown, replace=False):
-                frames[f, y:y + side, x:x + side] = world.COLOURS[c]
+                frames[f, y:y + side, x:x + side] = render.COLOURS[c]
             rows.append(dict(problem="Which colour is the square?", original_answer=c, video=f"videos/{split}-{i}.mp4",
                              events={"forward": [f"pass the {c} box"]}))
-            world.write_mp4(os.path.join(out, rows[-1]["video"]), frames)
+            render.write_mp4(os.path.join(out, rows[-1]["video"]), frames)
         with open(os.path.join(out, f"{split}.jsonl"), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
     return out

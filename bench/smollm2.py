@@ -26,7 +26,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from st_r1 import chat, generate, tiny, world  # noqa: E402
+from st_r1 import chat, generate, render, tiny  # noqa: E402
 from st_r1.model import VideoLM  # noqa: E402
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -169,7 +169,7 @@ COMMON = ("apple", "river", "chair", "cloud", "tiger", "piano", "candle", "fores
           "star", "planet", "shoe", "shirt", "jacket", "hat", "glove", "clock", "watch", "camera", "phone", "radio",
           "train", "plane", "boat", "truck", "bicycle", "doctor", "teacher", "farmer", "pilot", "singer", "king",
           "queen", "castle", "bridge", "tower", "village", "market", "school", "library", "kitchen", "cup")
-COLOURS = tuple(world.COLOURS)
+COLOURS = tuple(render.COLOURS)
 
 
 def letter_ids(tok, space):
