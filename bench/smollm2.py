@@ -11,7 +11,7 @@ small randomly initialised vision tower whose output width is the LM's (text-onl
     python bench/smollm2.py --out data/smollm2 --probe --rows runs/world2/test.jsonl
 
 --probe: teacher-forced, which of the four letters the model ranks first (chance 25%), on (a) the lookup rows of
-bench/lookup_probe.py ("Options: A. apple, ... Which option has each word?" -> " red: B") over common English
+bench/probes/lookup_probe.py ("Options: A. apple, ... Which option has each word?" -> " red: B") over common English
 words and over the world's colours, (b) the bench's multiple-choice rows with the true option's text told ("The
 route was: ... Which option is the route? Answer:"); then a few greedy replies through the chat template.
 """
@@ -187,7 +187,7 @@ def first_letter(model, ids, letters):
 
 
 def lookup_rows(vocab, n, seed=0):
-    """bench/lookup_probe.py's rows: four options of 2 words (1 for a vocabulary under 8), one word asked."""
+    """bench/probes/lookup_probe.py's rows: four options of 2 words (1 for a vocabulary under 8), one word asked."""
     per = 2 if len(vocab) >= 8 else 1
     rng = np.random.default_rng(seed)
     for _ in range(n):

@@ -4,15 +4,15 @@ The model reads one video and the question "which colour is the first landmark y
 cross-entropy over the six colour words at the next position (one token each). Held-out accuracy is reported
 with the true video and with another row's video: equal numbers mean the answer does not depend on the video.
 
-    python bench/see.py --world data/world                  # a bench written by st_r1.world (its first landmark)
-    python bench/see.py --squares 1 --square 28              # control: a coloured 28 px square in 1 of 8 frames
+    python bench/probes/see.py --world data/world                  # a bench written by st_r1.world (its first landmark)
+    python bench/probes/see.py --squares 1 --square 28              # control: a coloured 28 px square in 1 of 8 frames
 
 --squares N writes its own control videos (under --out): noisy grey frames with one square of the answer colour
 in N of the 8 sampled frames (8: in all of them), so that the same model and loop can be checked on an easy case.
 The trained model is saved to {out}/model, so probes chain into a curriculum (bench/RESULTS.md):
 
-    python bench/see.py --squares 8 --square 28 --steps 300 --out runs/see/squares
-    python bench/see.py --world W --model runs/see/squares/model --lr 1e-3 --steps 600 --out runs/see/world
+    python bench/probes/see.py --squares 8 --square 28 --steps 300 --out runs/see/squares
+    python bench/probes/see.py --world W --model runs/see/squares/model --lr 1e-3 --steps 600 --out runs/see/world
 """
 import json
 import os
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 from st_r1 import cli, data, render, world  # noqa: E402
 

@@ -1,8 +1,8 @@
 """Does a model read an option's letter off a word it is told? Teacher-forced: the prompt and the target up to
 "word:" are given, and the probe checks which of " A".." D" the model ranks first (chance 25%).
 
-    python bench/lookup_probe.py MODEL_DIR                       # the pretraining's lookup rows, by vocabulary
-    python bench/lookup_probe.py MODEL_DIR --bench ROWS.jsonl    # rows whose solution says "<word>: <letter>"
+    python bench/probes/lookup_probe.py MODEL_DIR                       # the pretraining's lookup rows, by vocabulary
+    python bench/probes/lookup_probe.py MODEL_DIR --bench ROWS.jsonl    # rows whose solution says "<word>: <letter>"
 
 By vocabulary: tiny.WORDS (the words the base's lookup was trained on), the tokenizer's other words
 (pretrain_base.lookup_vocab), and the world's colour names (what a landmark question would look up).
@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import pretrain_base as P  # noqa: E402
