@@ -35,7 +35,7 @@ class Block(nn.Module):
 
 
 class ToyLM(nn.Module):
-    """Shaped like VideoLM where dist.py cares: config dict, from_config / save_pretrained /
+    """Shaped like VideoLM where checkpoint.py cares: config dict, from_config / save_pretrained /
     from_pretrained, an on-disk naming different from the in-memory one, tied output layer."""
 
     def __init__(self, config):

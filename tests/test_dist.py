@@ -153,7 +153,7 @@ def test_checkpoint_is_safetensors_and_json_only(reference):
         else:
             assert f.endswith(".safetensors"), f
             load_file(f)
-    src = open(os.path.join(ROOT, "st_r1", "dist.py")).read()
+    src = open(os.path.join(ROOT, "st_r1", "checkpoint.py")).read()
     assert "torch.save(" not in src and "torch.load(" not in src and "import pickle" not in src
     # the model folder is what from_pretrained reads (on-disk names "model.layers.*")
     assert any(k.startswith("model.layers.") for k in load_file(os.path.join(ckpt, "model", "model.safetensors")))
