@@ -45,7 +45,7 @@ class Options:
     predictions: str = ""         # JSONL of predictions, or the authors' .json output; default with --model:
     #                               {out without .json}.predictions.jsonl
     out: str = "scores.json"      # all scores as JSON (groups and per-row results)
-    model: str = ""               # HF folder of a Qwen2-VL / Qwen2.5-VL model: make predictions with ours first
+    model: str = ""               # HF folder of a Qwen2-VL / 2.5-VL / 3-VL model: make predictions with ours first
     video_root: str = ""          # relative video paths resolve here; default: the bench file's folder (or the folder)
     batch_size: int = 8
     max_new_tokens: int = 0       # 0: 512, the paper's inference; 256 for the tiny models (their CoTs are shorter)
@@ -76,7 +76,7 @@ def load_ours(opt):
     model = precision.apply(VideoLM.from_pretrained(opt.model, dtype=prec.param_dtype, device=device).eval(), prec)
     enc = data.PromptEncoder(tok, video_root=video_root(opt), num_frames=opt.num_frames, min_pixels=opt.min_pixels,
                              max_pixels=opt.max_pixels, max_len=data.context_limit(opt.model, opt.max_seq_len),
-                             fps=opt.fps)
+                             fps=opt.fps, merge_size=model.spatial_merge_size, family=model.model_type)
     return model, tok, enc
 
 

@@ -108,9 +108,10 @@ def main(cfg):
 
     max_len = data.context_limit(model_dir, cfg.max_seq_len)
     enc = data.PromptEncoder(tok, cfg.video_root or os.path.dirname(train_file), cfg.num_frames, cfg.min_pixels,
-                             cfg.max_pixels, model.spatial_merge_size, max_len=max_len)
+                             cfg.max_pixels, model.spatial_merge_size, max_len=max_len, family=model.model_type)
     eval_enc = data.PromptEncoder(tok, cfg.video_root or os.path.dirname(eval_file or train_file), cfg.num_frames,
-                                  cfg.min_pixels, cfg.max_pixels, model.spatial_merge_size, max_len=max_len)
+                                  cfg.min_pixels, cfg.max_pixels, model.spatial_merge_size, max_len=max_len,
+                                  family=model.model_type)
     state = checkpoint.load_checkpoint(cfg.out, policy, opt, sched, cfg.resume_from or None) if cfg.resume else None
     step, skipped, skip_examples = resumed_counts(state)
     if d.is_main:

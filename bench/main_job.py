@@ -4,7 +4,7 @@ reverse-thinking reward), over several seeds, ending in one per-task table (forw
 trained arm is also evaluated with each question given another video's frames: the column that shows whether the
 answers come from the video (chance) or from the text of the question and its options (above chance).
 
-    python bench/main_job.py                      # ~40 min on 2 CPU cores; rerun the same command to resume
+    python bench/main_job.py                      # ~15 min on 2 CPU cores; rerun the same command to resume
 
 Every stage is one of the three top-level scripts run as a subprocess with the flags printed above it, so the job
 reads as the recipe a user would type. A stage whose result exists is skipped; a stopped training stage continues
@@ -44,6 +44,9 @@ class Job:
     grpo_beta: float = 0.04
     max_new_tokens: int = 256     # the longest reference CoT on the world is ~230 tokens
     eval_batch: int = 32
+    route_len: int = 0            # the world's difficulty dial (0: the default world, 3 straight segments and 1-2
+    landmarks: int = 0            # landmarks per walk); --route-len 3..4, --landmarks 1..3 (bench/RESULTS.md ladder)
+    arms: str = ",".join(ARMS)    # a subset, e.g. "sft_cot" for the ladder (the base model is always evaluated)
     jobs: int = 2                 # seeds trained side by side, one process each (tiny models use 1 core best)
     threads: int = 2              # CPU threads in all, split over the jobs
 
@@ -86,15 +89,19 @@ def one_seed(job, seed, world, env):
             "--prompts-per-step", str(job.grpo_prompts), "--group-size", str(job.grpo_group), "--lr", str(job.grpo_lr),
             "--beta", str(job.grpo_beta), "--max-new-tokens", str(job.max_new_tokens), "--save-every", "10",
             "--micro-batch", str(job.grpo_prompts * job.grpo_group)]
+    arms = job.arms.split(",")
     models = {"untrained": base}
-    models["sft_answer"] = train("train_sft.py", os.path.join(d, "sft_answer"), job.sft_steps, sft + ["--answer-only"],
-                                 env)
-    models["sft_cot"] = train("train_sft.py", os.path.join(d, "sft_cot"), job.sft_steps, sft, env)
+    if "sft_answer" in arms:
+        models["sft_answer"] = train("train_sft.py", os.path.join(d, "sft_answer"), job.sft_steps,
+                                     sft + ["--answer-only"], env)
+    if any(a in arms for a in ARMS[2:]):
+        models["sft_cot"] = train("train_sft.py", os.path.join(d, "sft_cot"), job.sft_steps, sft, env)
     # the authors' released code rewards format + accuracy; ST-R1 (paper Sec. 3.3) adds the reverse-thinking reward
     for arm, weights in (("grpo_accuracy", "format=0.5,accuracy=1"),
                          ("grpo_reverse", "format=0.5,accuracy=1,reverse_thinking=0.5")):
-        models[arm] = train("train_grpo.py", os.path.join(d, arm), job.grpo_steps,
-                            grpo + ["--model", models["sft_cot"], "--reward-weights", weights], env)
+        if arm in arms:
+            models[arm] = train("train_grpo.py", os.path.join(d, arm), job.grpo_steps,
+                                grpo + ["--model", models["sft_cot"], "--reward-weights", weights], env)
     scores = {arm: evaluate(m, test, os.path.join(d, arm + ".json"), job, env) for arm, m in models.items()}
     blind = {arm: evaluate(m, other, os.path.join(d, arm + ".other_video.json"), job, env)
              for arm, m in models.items() if arm != "untrained"}
@@ -107,7 +114,8 @@ def make_world(job, world):
     if not os.path.exists(os.path.join(world, "test.jsonl")):
         from st_r1.world import make_bench
         # 16 rendered frames: the model samples 8, and the world centres every event on one of them
-        make_bench(world, n_videos=job.n_videos, n_test=job.n_test, seed=0, split="both", frames=16)
+        make_bench(world, n_videos=job.n_videos, n_test=job.n_test, seed=0, split="both", frames=16,
+                   route_len=job.route_len or None, landmarks=job.landmarks or None)
     mcq = os.path.join(world, "train_mcq.jsonl")
     if not os.path.exists(mcq):
         with open(os.path.join(world, "train.jsonl")) as f, open(mcq + ".tmp", "w") as g:
@@ -160,6 +168,8 @@ def table(per_seed, seeds, blind):
     lines = [head, "|" + "---|" * (len(cols) + 4)]
     for arm in ARMS:
         mcq, route = pooled(per_seed, arm)
+        if not mcq:  # an arm left out with --arms
+            continue
         b = pooled(blind, arm)[0].get("overall")
         other = f"{100 * b['accuracy']:.1f} [{100 * b['ci_low']:.1f}, {100 * b['ci_high']:.1f}]" if b else "-"
         cells = []
@@ -171,7 +181,7 @@ def table(per_seed, seeds, blind):
         lines.append(f"| {TITLES[arm]} | " + " | ".join(cells) +
                      f" | **{100 * o['accuracy']:.1f}** [{100 * o['ci_low']:.1f}, {100 * o['ci_high']:.1f}] | "
                      f"{seeds_acc} | {other} |")
-    n_cell = mcq.get("direction/forward", {}).get("n", 0)
+    n_cell = pooled(per_seed, "untrained")[0].get("direction/forward", {}).get("n", 0)
     notes = (f"\nSeeds {seeds}; multiple-choice cells: accuracy % over {n_cell} answers (the test questions x seeds; "
              "chance is 25% for a model that answers in the format, 0% for one that does not); route cells: the "
              "deterministic rubric score (0-5, mean of direction / landmark / semantic). 95% Wilson interval on the "
@@ -234,7 +244,7 @@ def main(job):
         print(f"{len(seeds)} seeds, {jobs} at a time; each seed's stages log to {job.out}/seed*/job.log")
         with mp.get_context("spawn").Pool(jobs) as pool:
             futures = [pool.apply_async(seed_worker, (job, seed, world, env)) for seed in seeds]
-            with tqdm(total=len(seeds) * (3 * len(ARMS) - 2), desc="main job (stages)") as bar:
+            with tqdm(total=len(seeds) * (1 + 3 * len(set(job.arms.split(",")) - {"untrained"})), desc="main job (stages)") as bar:
                 while not all(f.ready() for f in futures):  # progress: the stage results written so far
                     time.sleep(5)
                     bar.update(stages_done(job, seeds) - bar.n)

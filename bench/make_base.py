@@ -1,13 +1,16 @@
 """Re-make models/tiny-base from nothing: the stages of bench/pretrain_base.py in the order the shipped base went
 through them, each resumable (rerun the same command after a stop), then the export.
 
-    python bench/make_base.py --out runs/make_base          # ~2 h on 2 CPU cores
+    python bench/make_base.py --out runs/make_base          # ~2.5 h on 2 CPU cores
     python bench/make_base.py --out runs/make_base --export models/tiny-base
 
 Why stages: each fixed what the one before could not learn next to the rest (bench/RESULTS.md, "The base model's
 pretraining"). 1. narration, close-ups, turns and list skills from random init; 2. the letter lookup alone (text
 only: next to the video rows it was never learnt); 3. the video rows back (the narration, forgotten in 2, returns
-in ~30 steps, and the turns get better than after 1: both right in 98% of held-out walks instead of 75%).
+in ~30 steps, and the turns get better than after 1: both right in 98% of held-out walks instead of 75%); 4. each
+request asked in many ways, with unrelated text around it (the narration had been tied to its one prompt: 0% of
+the turns right under the bench's route question), and the lookup over the world's words too; 5. more of that
+lookup (85% of the text rows).
 Stage 1 of the shipped base had its flags changed while it ran (RESULTS lists them); here it runs with its
 final flags throughout, so the re-made base is the same recipe, not the same weights.
 """
@@ -27,6 +30,10 @@ STAGES = [
     ("2-lookup", ["--batch", "0", "--steps", "1500", "--stop", "400", "--warmup", "50", "--lookup-vocab", "words"]),
     ("3-video", ["--lr", "5e-4", "--warmup", "20", "--steps", "500", "--curriculum", "1", "--easy-floor", "0.4",
                  "--lookup-vocab", "words"]),
+    ("4-prompts", ["--lr", "5e-4", "--warmup", "20", "--steps", "800", "--curriculum", "1", "--easy-floor", "0.4",
+                   "--prompts", "many", "--lookup-vocab", "words+world", "--lookup-share", "0.7"]),
+    ("5-lookup", ["--lr", "5e-4", "--warmup", "20", "--steps", "600", "--curriculum", "1", "--easy-floor", "0.4",
+                  "--prompts", "many", "--lookup-vocab", "words+world", "--lookup-share", "0.85"]),
 ]
 
 

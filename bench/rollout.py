@@ -4,10 +4,13 @@ Each sampler runs in a fresh subprocess, so its peak RSS (and growth over the po
 
     python bench/rollout.py [--prompts 2] [--group 8] [--new 64] [--hidden 256] [--layers 4] [--threads 2]
     python bench/rollout.py --shape 7b --device cuda --dtype bfloat16 --batch1     # on a GPU (not run yet)
+    python bench/rollout.py --shape qwen3-vl-8b --device cuda --dtype bfloat16 --batch1
 
 --shape 7b: Qwen2.5-VL-7B's dimensions (decoder 3584 wide, 28 layers, 28 heads / 4 KV heads, MLP 18944; vision
 tower 32 blocks of 1280) with the tiny tokenizer's vocabulary, random weights built on the device (no 16 GB
-write). --batch1 adds our decode tokens/s at batch 1 and its fraction of the memory-bandwidth bound (bytes of the
+write). --shape qwen3-vl-8b: Qwen3-VL-8B's (decoder 4096 wide, 36 layers, 32 heads / 8 KV heads of 128, MLP 12288;
+vision tower 27 blocks of 1152 on 16-px patches, DeepStack from blocks 8, 16, 24), the same way. --family picks the
+tiny shape's family (Qwen3-VL prompts carry a timestamp per temporal patch). --batch1 adds our decode tokens/s at batch 1 and its fraction of the memory-bandwidth bound (bytes of the
 weights a token reads + its KV cache, times tokens/s, over --bandwidth-gbs, H100 SXM's 3350 by default).
 """
 import argparse
@@ -34,6 +37,12 @@ SEVEN_B = dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28
                tie_word_embeddings=False)
 SEVEN_B_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
                       fullatt_block_indexes=[7, 15, 23, 31])
+# Qwen3-VL-8B-Instruct's config.json dimensions (nested, as its release)
+QWEN3_8B = dict(hidden_size=4096, intermediate_size=12288, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                tie_word_embeddings=False)
+QWEN3_8B_ROPE = dict(rope_theta=5000000.0, mrope_section=[24, 20, 20], mrope_interleaved=True)
+QWEN3_8B_VISION = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096,
+                       num_position_embeddings=2304, deepstack_visual_indexes=[8, 16, 24])
 
 
 def main():
@@ -42,10 +51,13 @@ def main():
     p.add_argument("--group", type=int, default=8)
     p.add_argument("--new", type=int, default=64)
     p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=None, help="decoder layers (default 4; 28 with --shape 7b)")
+    p.add_argument("--layers", type=int, default=None,
+                   help="decoder layers (default 4; 28 with --shape 7b, 36 with --shape qwen3-vl-8b)")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--shape", choices=["tiny", "7b"], default="tiny")
+    p.add_argument("--shape", choices=["tiny", "7b", "qwen3-vl-8b"], default="tiny")
+    p.add_argument("--family", choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"], default="qwen2_5_vl",
+                   help="the tiny shape's family (7b: qwen2_5_vl, qwen3-vl-8b: qwen3_vl)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--batch1", action="store_true")
@@ -56,7 +68,17 @@ def main():
     if a.run:
         return print("RESULT " + json.dumps(run_one(a)))
     tmp = tempfile.mkdtemp()
-    write_tiny_model(f"{tmp}/model", hidden=a.hidden, layers=a.layers or 4, weights=a.shape == "tiny")
+    a.family = {"7b": "qwen2_5_vl", "qwen3-vl-8b": "qwen3_vl"}.get(a.shape, a.family)
+    write_tiny_model(f"{tmp}/model", hidden=a.hidden, layers=a.layers or 4, weights=a.shape == "tiny", family=a.family)
+    if a.shape == "qwen3-vl-8b":
+        with open(f"{tmp}/model/config.json") as f:
+            cfg = json.load(f)
+        cfg.update(tie_word_embeddings=False)
+        cfg["text_config"].update(QWEN3_8B, num_hidden_layers=a.layers or 36)
+        cfg["text_config"]["rope_parameters"].update(QWEN3_8B_ROPE)
+        cfg["vision_config"].update(QWEN3_8B_VISION)
+        with open(f"{tmp}/model/config.json", "w") as f:
+            json.dump(cfg, f)
     if a.shape == "7b":
         with open(f"{tmp}/model/config.json") as f:
             cfg = json.load(f)
@@ -77,7 +99,7 @@ def main():
         res[name] = json.loads(lines[-1][7:])
     r = res["st-r1 generate"]
     N, C = a.prompts * a.group, a.new
-    print(f"\nmodel: {a.shape} Qwen2.5-VL, {r['n_params'] / 1e6:.1f}M params, {a.dtype} on {a.device}; "
+    print(f"\nmodel: {a.shape} {a.family}, {r['n_params'] / 1e6:.1f}M params, {a.dtype} on {a.device}; "
           f"{a.prompts} prompts x G={a.group}, prompt {r['prompt_len']} tokens ({r['video_tokens']} video tokens "
           f"each), {C} new tokens; torch threads {a.threads}; best of 3 after a warm-up, each sampler in a fresh "
           f"process; peak memory: {'GPU allocated' if a.device != 'cpu' else 'RSS'}\n")
@@ -94,7 +116,7 @@ def main():
 
 def run_one(a):
     """In a fresh process: load, warm up, time 3 runs of one sampler; peak memory over the post-import baseline."""
-    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+    import transformers
     torch.set_num_threads(a.threads)
     cuda = a.device.startswith("cuda")
     dtype = getattr(torch, a.dtype)
@@ -102,13 +124,14 @@ def run_one(a):
     tmp = a.tmp
     tok = data.load_tokenizer(f"{tmp}/model")
     rows = data.load_rows(f"{tmp}/bench/train.jsonl")[::8][:a.prompts]  # one question per video
-    enc = data.PromptEncoder(tok, f"{tmp}/bench", a.frames, 56 * 56, 128 * 28 * 28)
+    family = {"7b": "qwen2_5_vl", "qwen3-vl-8b": "qwen3_vl"}.get(a.shape, a.family)
+    enc = data.PromptEncoder(tok, f"{tmp}/bench", a.frames, 56 * 56, 128 * 28 * 28, family=family)
     batch = {k: v.to(a.device) for k, v in data.collate_prompts([enc.encode(r) for r in rows], tok.pad_token_id).items()}
     batch["pixel_values_videos"] = batch["pixel_values_videos"].to(dtype)
     ids = batch["input_ids"]
     C, video_id = a.new, tok.convert_tokens_to_ids("<|video_pad|>")
     no_eos = [tok.vocab_size + 100]  # never sampled: every row decodes exactly C tokens in both
-    seven_b = a.shape == "7b"  # random weights built on the device: none were written
+    seven_b = a.shape != "tiny"  # random weights built on the device: none were written
     if a.run == "st-r1":
         with open(f"{tmp}/model/config.json") as f:
             cfg = json.load(f)
@@ -119,17 +142,21 @@ def run_one(a):
             generate(model, **b, max_new_tokens=C, eos_token_ids=no_eos, pad_token_id=tok.pad_token_id,
                      num_samples=group, temperature=1.0, generator=torch.Generator(a.device).manual_seed(0))
     else:
-        HF = Qwen2_5_VLForConditionalGeneration
+        HF = {"qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
+              "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
+              "qwen3_vl": transformers.Qwen3VLForConditionalGeneration}[family]
         if seven_b:
             with torch.device(a.device):
-                model = HF._from_config(AutoConfig.from_pretrained(f"{tmp}/model"), dtype=dtype).eval()
+                model = HF._from_config(transformers.AutoConfig.from_pretrained(f"{tmp}/model"), dtype=dtype).eval()
         else:
             model = HF.from_pretrained(f"{tmp}/model", dtype=dtype).to(a.device).eval()
         type_ids = 2 * (ids == video_id).long()
 
+        hf_batch = {k: v for k, v in batch.items() if k != "second_per_grid_ts" or family == "qwen2_5_vl"}
+
         def fn():
             with torch.no_grad():
-                model.generate(**batch, mm_token_type_ids=type_ids, do_sample=True, temperature=1.0, top_p=1.0,
+                model.generate(**hf_batch, mm_token_type_ids=type_ids, do_sample=True, temperature=1.0, top_p=1.0,
                                top_k=0, num_return_sequences=a.group, max_new_tokens=C, min_new_tokens=C,
                                eos_token_id=no_eos[0], pad_token_id=tok.pad_token_id)
     fn()  # warm-up

@@ -1,4 +1,5 @@
-"""Prompts in Qwen-VL's chat format, with the video placeholder expanded to one token per merged patch."""
+"""Prompts in Qwen-VL's chat format, with the video placeholder expanded to one token per merged patch
+(and, for Qwen3-VL, one block per temporal patch after its timestamp)."""
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 # R1-style instruction appended to every question: the model must think, then answer in tags (paper Sec. 4).
@@ -7,9 +8,20 @@ THINK_INSTRUCTION = (" Output the thinking process in <think> </think> and the f
 END_OF_TURN = "<|im_end|>"
 
 
-def prompt_text(question, num_video_tokens=0, system=SYSTEM_PROMPT, instruction=THINK_INSTRUCTION):
+def video_text(num_video_tokens, timestamps=None):
+    """One video's placeholder. Qwen2/2.5-VL: one block of tokens. Qwen3-VL (timestamps: seconds of each temporal
+    patch): a block per temporal patch, each after its time, inside the template's own vision_start/end pair, as
+    transformers 5's Qwen3VLProcessor expands the template's <|video_pad|>."""
+    if timestamps is None:
+        return "<|vision_start|>" + "<|video_pad|>" * num_video_tokens + "<|vision_end|>"
+    per_patch = "<|video_pad|>" * (num_video_tokens // len(timestamps))
+    blocks = "".join(f"<{t:.1f} seconds><|vision_start|>{per_patch}<|vision_end|>" for t in timestamps)
+    return "<|vision_start|>" + blocks + "<|vision_end|>"
+
+
+def prompt_text(question, num_video_tokens=0, system=SYSTEM_PROMPT, instruction=THINK_INSTRUCTION, timestamps=None):
     """The chat string up to the assistant's turn. The video comes first in the user turn, as in Qwen's template."""
-    video = "<|vision_start|>" + "<|video_pad|>" * num_video_tokens + "<|vision_end|>" if num_video_tokens else ""
+    video = video_text(num_video_tokens, timestamps) if num_video_tokens else ""
     return (f"<|im_start|>system\n{system}<|im_end|>\n"
             f"<|im_start|>user\n{video}{question}{instruction}<|im_end|>\n"
             f"<|im_start|>assistant\n")

@@ -102,9 +102,10 @@ class PromptEncoder:
     """Row -> prompt ids and video patches. Each video is decoded once and kept (8 questions share one video)."""
 
     def __init__(self, tokenizer, video_root=None, num_frames=8, min_pixels=56 * 56, max_pixels=128 * 28 * 28,
-                 merge_size=2, cache_size=512, max_len=0, fps=0.0):
+                 merge_size=2, cache_size=512, max_len=0, fps=0.0, family="qwen2_5_vl"):
         self.tok, self.video_root, self.num_frames, self.max_len = tokenizer, video_root, num_frames, max_len
         self.fps = fps  # > 0: the authors' sampler (video.fps_indices)
+        self.family = family  # the model_type: patch size, normalisation and (Qwen3-VL) timestamps in the prompt
         self.min_pixels, self.max_pixels, self.merge_size = min_pixels, max_pixels, merge_size
         self.cache, self.cache_size = OrderedDict(), cache_size
         self.bad = {}  # path -> its VideoError: a bad video shared by many rows is tried once
@@ -116,7 +117,8 @@ class PromptEncoder:
             raise VideoError(self.bad[path])
         if path not in self.cache:
             try:
-                self.cache[path] = load_video(path, self.num_frames, self.min_pixels, self.max_pixels, self.fps)
+                self.cache[path] = load_video(path, self.num_frames, self.min_pixels, self.max_pixels, self.fps,
+                                              self.family)
             except VideoError as e:
                 self.bad[path] = str(e)
                 raise
@@ -126,13 +128,17 @@ class PromptEncoder:
         return self.cache[path]
 
     def encode(self, row, shuffle_seed=None):
-        pixels, grid, second_per_grid = self.video(row)
+        pixels, grid, second_per_grid, timestamps = self.video(row)
         if shuffle_seed is not None:
             pixels = shuffle_temporal(pixels, grid, random.Random(shuffle_seed))
-        ids = chat.prompt_ids(self.tok, row["problem"], grid, self.merge_size)
+        ids = chat.prompt_ids(self.tok, row["problem"], grid, self.merge_size, timestamps=self.timestamps(timestamps))
         self.check_length(row, len(ids))
         return dict(input_ids=ids, pixel_values_videos=pixels, video_grid_thw=grid,
                     second_per_grid_ts=float(second_per_grid))
+
+    def timestamps(self, times):
+        """Qwen3-VL's prompt tells each temporal patch's time; the other families' do not."""
+        return times if self.family == "qwen3_vl" else None
 
     def check_length(self, row, n):
         # a 10 MB question would otherwise take the process down (tens of GB) with no word of which row
@@ -145,8 +151,9 @@ class PromptEncoder:
         a rank left with no readable row makes so that every rank runs the same forwards and backwards."""
         from st_r1.video import preprocess
         side = max(56, int(self.min_pixels ** 0.5) + 28)
-        pixels, grid = preprocess(torch.zeros(2, side, side, 3, dtype=torch.uint8), self.min_pixels, self.max_pixels)
-        ids = chat.prompt_ids(self.tok, "", grid, self.merge_size)
+        pixels, grid = preprocess(torch.zeros(2, side, side, 3, dtype=torch.uint8), self.min_pixels, self.max_pixels,
+                                  self.family)
+        ids = chat.prompt_ids(self.tok, "", grid, self.merge_size, timestamps=self.timestamps([0.0]))
         return dict(input_ids=ids, labels=[-100] * len(ids), pixel_values_videos=pixels, video_grid_thw=grid,
                     second_per_grid_ts=1.0)
 

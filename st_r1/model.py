@@ -1,9 +1,15 @@
-"""Qwen2-VL / Qwen2.5-VL video-language model in plain PyTorch, loading and saving Hugging Face checkpoints.
+"""Qwen2-VL / Qwen2.5-VL / Qwen3-VL video-language model in plain PyTorch, loading and saving Hugging Face checkpoints.
 
-The vision tower lives in vision.py. Here: the Qwen2 decoder (grouped-query attention with q/k/v bias, RMSNorm,
-SwiGLU), multimodal RoPE (Qwen2-VL paper, Sec. 2.1 "M-RoPE"), a pre-allocated KV cache, and checkpoint I/O.
-Module names mirror the checkpoint tensor names (model.layers.N.*, visual.*, lm_head.*), so state_dict() is the
-on-disk layout.
+The vision tower lives in vision.py. Here: the decoder (grouped-query attention, RMSNorm, SwiGLU), multimodal RoPE
+(Qwen2-VL paper, Sec. 2.1 "M-RoPE"), a pre-allocated KV cache, and checkpoint I/O. Module names mirror the
+Qwen2-VL checkpoint tensor names (model.layers.N.*, visual.*, lm_head.*), so state_dict() is that on-disk layout.
+
+Qwen3-VL (model_type qwen3_vl) differs in four places, each named where it happens:
+  - its decoder is Qwen3's: per-head RMSNorm on queries and keys, no q/k/v biases (Attention, `qk_norm`);
+  - M-RoPE interleaves the (time, height, width) frequencies instead of giving each axis a block (`mrope_axes`);
+  - DeepStack: intermediate vision features are added to the first decoder layers' outputs (`forward`, vision.py);
+  - a video is one block of tokens per temporal patch, its timestamp as text before it (`rope_index`, chat.py);
+and it is stored as model.language_model.* / model.visual.* (`_disk_name`).
 """
 import contextlib
 import json
@@ -19,7 +25,7 @@ from torch.distributed.fsdp import FSDPModule
 
 from st_r1.vision import RMSNorm, VisionTower, apply_rope
 
-MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
 def text_config(config):
@@ -28,25 +34,42 @@ def text_config(config):
     tc.update(config.get("text_config") or {})
     rope = tc.get("rope_parameters") or tc.get("rope_scaling") or {}
     tc["rope_theta"] = rope.get("rope_theta", tc.get("rope_theta", 1000000.0))
-    tc["mrope_section"] = rope.get("mrope_section", [16, 24, 24])
+    qwen3 = config.get("model_type") == "qwen3_vl"
+    tc["mrope_section"] = rope.get("mrope_section", [24, 20, 20] if qwen3 else [16, 24, 24])
+    tc["mrope_interleaved"] = bool(rope.get("mrope_interleaved", qwen3))
+    tc["head_dim"] = tc.get("head_dim") or tc["hidden_size"] // tc["num_attention_heads"]
+    # Qwen2's attention has q/k/v biases and no output bias; Qwen3's has none (or all four, by attention_bias)
+    # and normalises each head's queries and keys
+    tc["qkv_bias"] = bool(tc.get("attention_bias", False)) if qwen3 else True
+    tc["o_bias"] = bool(tc.get("attention_bias", False)) if qwen3 else False
+    tc["qk_norm"] = qwen3
     tc["tie_word_embeddings"] = bool(config.get("tie_word_embeddings")) or bool(
         (config.get("text_config") or {}).get("tie_word_embeddings"))
     return tc
 
 
 class Attention(nn.Module):
-    def __init__(self, dim, n_heads, n_kv_heads):
+    def __init__(self, tc):
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, dim // n_heads
-        self.q_proj = nn.Linear(dim, n_heads * self.head_dim, bias=True)
-        self.k_proj = nn.Linear(dim, n_kv_heads * self.head_dim, bias=True)
-        self.v_proj = nn.Linear(dim, n_kv_heads * self.head_dim, bias=True)
-        self.o_proj = nn.Linear(n_heads * self.head_dim, dim, bias=False)
+        dim, self.head_dim = tc["hidden_size"], tc["head_dim"]
+        self.n_heads = tc["num_attention_heads"]
+        self.n_kv_heads = tc.get("num_key_value_heads") or self.n_heads
+        self.q_proj = nn.Linear(dim, self.n_heads * self.head_dim, bias=tc["qkv_bias"])
+        self.k_proj = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=tc["qkv_bias"])
+        self.v_proj = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=tc["qkv_bias"])
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, dim, bias=tc["o_bias"])
+        if tc["qk_norm"]:  # Qwen3: RMSNorm over each head's query and key before the rotation
+            self.q_norm = RMSNorm(self.head_dim, tc.get("rms_norm_eps", 1e-6))
+            self.k_norm = RMSNorm(self.head_dim, tc.get("rms_norm_eps", 1e-6))
+        self.qk_norm = tc["qk_norm"]
 
     def forward(self, x, cos, sin, mask, cache=None, layer=0, start=0):
         B, L, _ = x.shape
-        q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         # rotate in fp32 (cos/sin are fp32), then back to the dtype the projections computed in: under autocast
         # q, k, v and the KV cache all stay bf16 instead of q and k being promoted to fp32 by the rotation
@@ -79,7 +102,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         dim = tc["hidden_size"]
         self.input_layernorm = RMSNorm(dim, tc.get("rms_norm_eps", 1e-6))
-        self.self_attn = Attention(dim, tc["num_attention_heads"], tc.get("num_key_value_heads") or tc["num_attention_heads"])
+        self.self_attn = Attention(tc)
         self.post_attention_layernorm = RMSNorm(dim, tc.get("rms_norm_eps", 1e-6))
         self.mlp = MLP(dim, tc["intermediate_size"])
 
@@ -96,6 +119,20 @@ class TextModel(nn.Module):
         self.embed_tokens = nn.Embedding(tc["vocab_size"], tc["hidden_size"])
         self.layers = nn.ModuleList(DecoderLayer(tc) for _ in range(tc["num_hidden_layers"]))
         self.norm = RMSNorm(tc["hidden_size"], tc.get("rms_norm_eps", 1e-6))
+
+
+def mrope_axes(section, interleaved):
+    """The position axis (0 time, 1 height, 2 width) that rotates each of the head_dim/2 frequency pairs.
+    Qwen2/2.5-VL: contiguous blocks of section[0] time, section[1] height and section[2] width frequencies.
+    Qwen3-VL (mrope_interleaved): height takes frequencies 1, 4, 7, ... and width 2, 5, 8, ..., each for its first
+    3 * section[axis] frequencies, and time the rest, so that every axis is rotated at high and low frequencies."""
+    if not interleaved:
+        return torch.repeat_interleave(torch.arange(len(section)) % 3, torch.tensor(section))
+    j = torch.arange(sum(section))
+    axis = torch.zeros_like(j)
+    for a in (1, 2):
+        axis[(j % 3 == a) & (j < 3 * section[a])] = a
+    return axis
 
 
 class KVCache:
@@ -132,14 +169,15 @@ class VideoLM(nn.Module):
         self.vision_start_token_id = config.get("vision_start_token_id")
         self.spatial_merge_size = vc.get("spatial_merge_size", 2)
         self.temporal_patch_size = vc.get("temporal_patch_size", 2)
-        self.patch_size = vc.get("patch_size", 14)
         self.tokens_per_second = vc.get("tokens_per_second", 1)
         self.rope_theta, self.mrope_section = tc["rope_theta"], list(tc["mrope_section"])
-        self.head_dim = tc["hidden_size"] // tc["num_attention_heads"]
+        self.mrope_interleaved = tc["mrope_interleaved"]
+        self.head_dim = tc["head_dim"]
         self.tied = tc["tie_word_embeddings"]
         self.gradient_checkpointing = False  # train_sft.py --grad-checkpoint; decoder layers only, not with a cache
         self.compute_dtype = None  # None: compute in the weights' dtype; bf16 over fp32 weights: st_r1/precision.py
-        self.visual = VisionTower(vc, tc["hidden_size"], qwen25=self.model_type == "qwen2_5_vl")
+        self.visual = VisionTower(vc, tc["hidden_size"], self.model_type)
+        self.patch_size = self.visual.patch_size
         self.model = TextModel(tc)
         self.lm_head = nn.Linear(tc["hidden_size"], tc["vocab_size"], bias=False)
         if self.tied:
@@ -152,12 +190,17 @@ class VideoLM(nn.Module):
         Text tokens advance all three axes together; a vision item of grid (t, h, w) gets positions
         start + (t_index, row, col) on the merged grid; the text after it starts at that item's max + 1.
         Qwen2.5-VL spaces t_index by seconds: t_index = floor(i * second_per_grid * tokens_per_second).
+        Qwen3-VL writes a video as t blocks of h*w/4 tokens, each after its timestamp in text, so each temporal patch
+        is an item of grid (1, h, w) of its own: time is told by the text, and the positions only order the blocks.
         """
         B, L = input_ids.shape
         pos = torch.ones(3, B, L, dtype=torch.long)
         next_pos = torch.zeros(B, dtype=torch.long)
+        videos = [] if video_grid_thw is None else video_grid_thw.tolist()
+        if self.model_type == "qwen3_vl":
+            videos = [[1, h, w] for t, h, w in videos for _ in range(t)]
         grids = {self.image_token_id: iter([] if image_grid_thw is None else image_grid_thw.tolist()),
-                 self.video_token_id: iter([] if video_grid_thw is None else video_grid_thw.tolist())}
+                 self.video_token_id: iter(videos)}
         n_videos = 0
         m = self.spatial_merge_size
         for b in range(B):
@@ -199,21 +242,24 @@ class VideoLM(nn.Module):
         d = self.head_dim
         inv_freq = 1.0 / self.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=pos.device) / d)
         ang = pos[..., None].float() * inv_freq  # (3, B, L, d/2)
-        axis = torch.repeat_interleave(torch.arange(len(self.mrope_section)) % 3, torch.tensor(self.mrope_section))
+        axis = mrope_axes(self.mrope_section, self.mrope_interleaved)
         ang = ang[axis.to(pos.device), :, :, torch.arange(d // 2, device=pos.device)].permute(1, 2, 0)
         ang = torch.cat([ang, ang], -1)[:, None]
         return ang.cos(), ang.sin()
 
     # ---------------------------------------------------------------- forward
-    def _splice(self, x, input_ids, token_id, pixels, grid_thw):
-        """Replace the embeddings of the placeholder tokens by the vision tower's features, in order."""
+    def _splice(self, x, input_ids, token_id, pixels, grid_thw, deepstack):
+        """Replace the embeddings of the placeholder tokens by the vision tower's features, in order. Qwen3-VL's
+        DeepStack features are appended to `deepstack` as (placeholder positions, one tensor per decoder layer)."""
         if pixels is None:
             return x
-        feats = self.visual(pixels.to(x.device), grid_thw.to(x.device)).to(x.dtype)
+        feats, stack = self.visual(pixels.to(x.device), grid_thw.to(x.device))
         where = input_ids == token_id
         if int(where.sum()) != feats.shape[0]:
             raise ValueError(f"{int(where.sum())} placeholder tokens {token_id} but {feats.shape[0]} vision features")
-        return x.masked_scatter(where[..., None], feats)
+        if stack:
+            deepstack.append((where.nonzero(as_tuple=True), stack))
+        return x.masked_scatter(where[..., None], feats.to(x.dtype))
 
     def autocast(self):
         """torch.autocast to compute_dtype under bf16-mixed on one process or DDP; a no-op context otherwise: fp32,
@@ -253,8 +299,9 @@ class VideoLM(nn.Module):
         # compute dtype and every loss upcasts them to fp32 first
         with self.autocast():
             x = self.model.embed_tokens(input_ids)
-            x = self._splice(x, input_ids, self.image_token_id, pixel_values, image_grid_thw)
-            x = self._splice(x, input_ids, self.video_token_id, pixel_values_videos, video_grid_thw)
+            deepstack = []
+            x = self._splice(x, input_ids, self.image_token_id, pixel_values, image_grid_thw, deepstack)
+            x = self._splice(x, input_ids, self.video_token_id, pixel_values_videos, video_grid_thw, deepstack)
             if past == 0:
                 pos, next_pos = self.rope_index(input_ids, new_mask, image_grid_thw, video_grid_thw, second_per_grid_ts)
             else:  # decoding: positions continue per row from the prompt's last position (the "rope delta")
@@ -281,6 +328,9 @@ class VideoLM(nn.Module):
                     x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, None, i, past, use_reentrant=False)
                 else:
                     x = layer(x, cos, sin, mask, cache, i, past)
+                for where, stack in deepstack:  # DeepStack: layer i's output gets the vision features of level i
+                    if i < len(stack):
+                        x = x.index_put(where, stack[i].to(x.dtype), accumulate=True)
             if cache is not None:
                 cache.length = past + n
             x = self.model.norm(x)
@@ -350,9 +400,10 @@ class VideoLM(nn.Module):
         return model.eval()
 
     def save_pretrained(self, path):
-        """config.json + model.safetensors in the released-checkpoint layout, each written then renamed."""
+        """config.json + model.safetensors in the released checkpoints' layout of the family (`_disk_name`), each
+        written then renamed."""
         os.makedirs(path, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
+        state = {_disk_name(k, self.model_type): v.detach().contiguous().cpu() for k, v in self.state_dict().items()
                  if not (self.tied and k == "lm_head.weight")}
         tmp = os.path.join(path, "model.safetensors.tmp")
         save_file(state, tmp, metadata={"format": "pt"})
@@ -363,8 +414,18 @@ class VideoLM(nn.Module):
         os.replace(tmp, os.path.join(path, "config.json"))
 
 
+def _disk_name(key, model_type):
+    """Our module names are Qwen2-VL's on-disk names. The released Qwen3-VL checkpoints (and transformers, which
+    has no other layout for it) name the decoder model.language_model.* and the vision tower model.visual.*."""
+    if model_type != "qwen3_vl":
+        return key
+    if key.startswith("model."):
+        return "model.language_model." + key[len("model."):]
+    return "model." + key if key.startswith("visual.") else key
+
+
 def _canonical(name):
-    """transformers-5 in-memory names -> checkpoint names."""
+    """Either layout (transformers-5 in-memory names, or the Qwen2-VL checkpoints') -> our module names."""
     if name.startswith("model.language_model."):
         return "model." + name[len("model.language_model."):]
     if name.startswith("model.visual."):

@@ -7,12 +7,15 @@ would number it, so it stays right for variable frame rate, B-frames and headers
 duration or frame count.
 
 preprocess reproduces transformers' Qwen2-VL processors (smart_resize, PIL bicubic, CLIP mean/std,
-temporal-2 x 14 x 14 patches in 2 x 2 merge order) with torch only: no pillow, no torchvision.
+temporal-2 x 14 x 14 patches in 2 x 2 merge order) and its Qwen3-VL video processor (a pixel budget over all
+frames, torch's uint8 bicubic as torchvision uses it on a CPU, mean/std 0.5, 16 x 16 patches) with torch only: no
+pillow, no torchvision. Qwen3-VL prompts also carry each temporal patch's time (`patch_timestamps`).
 """
 
 import bisect
 import math
 import os
+from typing import NamedTuple
 
 import av
 import numpy as np
@@ -34,6 +37,8 @@ IMAGE_MAX_PIXELS = 28 * 28 * 1280
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 FALLBACK_FPS = 25.0  # what FFmpeg assumes for a raw stream that carries no rate at all
+QWEN3_PATCH_SIZE = 16
+QWEN3_MEAN = QWEN3_STD = (0.5, 0.5, 0.5)  # transformers' IMAGENET_STANDARD_MEAN / _STD
 
 
 class VideoError(UserError):
@@ -149,8 +154,8 @@ def _decode_sequential(path, num_frames):
                 keep[i] = _rgb(frame)
             if i >= wanted[-1]:
                 break
-        rate = stream.average_rate or stream.guessed_rate or FALLBACK_FPS
-    return [keep[i] for i in wanted], total / float(rate)
+        rate = float(stream.average_rate or stream.guessed_rate or FALLBACK_FPS)
+    return [keep[i] for i in wanted], total / rate, [i / rate for i in wanted]
 
 
 def _pad_time(frames):
@@ -161,8 +166,9 @@ def _pad_time(frames):
 
 
 def _sample(path, num_frames, fps=0.0):
-    """frames (T, H, W, 3) uint8 and the video's duration in seconds. fps > 0: the authors' sampler
-    (fps_indices) instead of num_frames spread over every frame; streams without timestamps ignore it."""
+    """frames (T, H, W, 3) uint8, the video's duration in seconds and each frame's time (seconds after the first
+    frame, from its presentation timestamp). fps > 0: the authors' sampler (fps_indices) instead of num_frames
+    spread over every frame; streams without timestamps ignore it."""
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     path = os.fspath(path)
@@ -174,7 +180,7 @@ def _sample(path, num_frames, fps=0.0):
         try:
             pts, keys = _index(container, stream)
             if pts is None:
-                frames, duration = _decode_sequential(path, num_frames)
+                frames, duration, times = _decode_sequential(path, num_frames)
             else:
                 if not pts:
                     raise VideoError(f"{path}: video stream has no frames")
@@ -188,6 +194,7 @@ def _sample(path, num_frames, fps=0.0):
                 # a target the decoder never reached (truncated tail) takes the nearest earlier frame
                 have = sorted(decoded)
                 frames = [decoded[have[max(bisect.bisect_right(have, t) - 1, 0)]] for t in targets]
+                times = [float((t - pts[0]) * stream.time_base) for t in targets]  # exact: time_base is a Fraction
                 step = np.median(np.diff(pts)) if len(pts) > 1 else 0
                 duration = float((pts[-1] - pts[0] + step) * stream.time_base) if step else 0.0
                 if duration <= 0:
@@ -199,13 +206,21 @@ def _sample(path, num_frames, fps=0.0):
     shapes = {f.shape for f in frames}
     if len(shapes) != 1:
         raise VideoError(f"{path}: frame size changes inside the video {sorted(shapes)}")
-    return np.stack(_pad_time(frames)), duration
+    return np.stack(_pad_time(frames)), duration, _pad_time(times)
 
 
 def sample_frames(path, num_frames):
     """num_frames frames spread uniformly over the whole video -> uint8 (T, H, W, 3).
     T = num_frames (or every frame if the video is shorter) rounded up to a multiple of 2."""
     return _sample(path, num_frames)[0]
+
+
+def patch_timestamps(times):
+    """Qwen3-VL's time of each temporal patch: the mean of its first and last frame's times (seconds), as
+    transformers' Qwen3VLProcessor computes them (an odd frame count repeats the last frame)."""
+    times = _pad_time(list(times))
+    k = TEMPORAL_PATCH_SIZE
+    return [(times[i] + times[i + k - 1]) / 2 for i in range(0, len(times), k)]
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -225,6 +240,28 @@ def smart_resize(height, width, factor=FACTOR, min_pixels=IMAGE_MIN_PIXELS, max_
         w = max(factor, math.floor(width / beta / factor) * factor)
     elif h * w < min_pixels:  # grow both sides by the same beta, round up
         beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def smart_resize_video(num_frames, height, width, factor=QWEN3_PATCH_SIZE * MERGE_SIZE, min_pixels=VIDEO_MIN_PIXELS,
+                       max_pixels=VIDEO_MAX_PIXELS):
+    """Qwen3-VL's video target size: as smart_resize, but the budget bounds the pixels of all the frames together
+    (num_frames rounded to the temporal patch), and a side shorter than `factor` is first scaled up to it."""
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.1f} is over 200")
+    h, w = round(height / factor) * factor, round(width / factor) * factor
+    t = round(num_frames / TEMPORAL_PATCH_SIZE) * TEMPORAL_PATCH_SIZE
+    if t * h * w > max_pixels:
+        beta = math.sqrt(num_frames * height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif t * h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (num_frames * height * width))
         h = math.ceil(height * beta / factor) * factor
         w = math.ceil(width * beta / factor) * factor
     return h, w
@@ -253,12 +290,12 @@ def resize_bicubic(x, height, width):
     return x
 
 
-def patchify(x):
-    """(T, C, H, W) normalised frames, T even -> (T/2 * H/14 * W/14, C*2*14*14) rows in Qwen-VL order:
-    rows run over (t, h-block, w-block, 2x2 merge window row, col) so every 4 consecutive rows are
-    the patches the merger fuses into one token; a row is laid out (C, t, 14, 14)."""
+def patchify(x, p=PATCH_SIZE):
+    """(T, C, H, W) normalised frames, T even -> (T/2 * H/p * W/p, C*2*p*p) rows in Qwen-VL order (p = 14, or 16
+    for Qwen3-VL): rows run over (t, h-block, w-block, 2x2 merge window row, col) so every 4 consecutive rows are
+    the patches the merger fuses into one token; a row is laid out (C, t, p, p)."""
     T, C, H, W = x.shape
-    gt, gh, gw, m, p = T // TEMPORAL_PATCH_SIZE, H // PATCH_SIZE, W // PATCH_SIZE, MERGE_SIZE, PATCH_SIZE
+    gt, gh, gw, m = T // TEMPORAL_PATCH_SIZE, H // p, W // p, MERGE_SIZE
     x = x.reshape(gt, TEMPORAL_PATCH_SIZE, C, gh // m, m, p, gw // m, m, p)
     # axes: 0 gt, 1 tp, 2 C, 3 bh, 4 mh, 5 ph, 6 bw, 7 mw, 8 pw
     x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
@@ -266,45 +303,65 @@ def patchify(x):
     return rows, torch.tensor([[gt, gh, gw]], dtype=torch.long)
 
 
-def preprocess(frames, min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS):
-    """uint8 frames (T, H, W, 3) -> (pixel_values_videos (N, 3*2*14*14) float32, video_grid_thw (1, 3))."""
+def preprocess(frames, min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS, family="qwen2_5_vl", image=False):
+    """uint8 frames (T, H, W, 3) -> (pixel_values_videos (N, 3*2*P*P) float32, video_grid_thw (1, 3)).
+
+    The pixel budget is per frame for every family. Qwen3-VL's video processor bounds all frames together: this
+    equals its `size={"shortest_edge": min_pixels * T, "longest_edge": max_pixels * T}`."""
     frames = torch.as_tensor(np.asarray(frames))
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8 or frames.shape[0] == 0:
         raise ValueError(f"expected uint8 frames (T, H, W, 3), got {tuple(frames.shape)} {frames.dtype}")
-    if frames.shape[0] % TEMPORAL_PATCH_SIZE:
-        frames = torch.cat([frames, frames[-1:]])
+    qwen3 = family == "qwen3_vl"
     T, H, W, _ = frames.shape
-    h, w = smart_resize(H, W, FACTOR, min_pixels, max_pixels)
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    if qwen3 and not image:
+        h, w = smart_resize_video(T, H, W, QWEN3_PATCH_SIZE * MERGE_SIZE, min_pixels * T, max_pixels * T)
+    else:
+        h, w = smart_resize(H, W, (QWEN3_PATCH_SIZE if qwen3 else PATCH_SIZE) * MERGE_SIZE, min_pixels, max_pixels)
+    if T % TEMPORAL_PATCH_SIZE:
+        frames = torch.cat([frames, frames[-1:]])
+        T += 1
+    mean = torch.tensor(QWEN3_MEAN if qwen3 else CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(QWEN3_STD if qwen3 else CLIP_STD).view(3, 1, 1)
     out = torch.empty(T, 3, h, w)
     for i in range(T):  # one frame at a time: float64 copies of all frames would be large
         x = frames[i].permute(2, 0, 1)[None]
-        x = resize_bicubic(x, h, w)[0].float() if (h, w) != (H, W) else x[0].float()
+        if (h, w) == (H, W):
+            x = x[0].float()
+        elif qwen3:  # torchvision's resize of a uint8 tensor on a CPU: torch's own uint8 bicubic kernel
+            x = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True)[0].float()
+        else:
+            x = resize_bicubic(x, h, w)[0].float()
         out[i] = (x * (1 / 255) - mean) / std
-    return patchify(out)
+    return patchify(out, QWEN3_PATCH_SIZE if qwen3 else PATCH_SIZE)
 
 
-def preprocess_image(image, min_pixels=IMAGE_MIN_PIXELS, max_pixels=IMAGE_MAX_PIXELS):
+def preprocess_image(image, min_pixels=IMAGE_MIN_PIXELS, max_pixels=IMAGE_MAX_PIXELS, family="qwen2_5_vl"):
     """uint8 image (H, W, 3) -> (pixel_values, image_grid_thw): an image is a 2-frame video of itself."""
     image = np.asarray(image)
     if image.ndim != 3:
         raise ValueError(f"expected a uint8 image (H, W, 3), got shape {image.shape}")
-    return preprocess(image[None], min_pixels, max_pixels)
+    return preprocess(image[None], min_pixels, max_pixels, family, image=True)
 
 
 # ----------------------------------------------------------------------------- loading
 
-def load_video(path, num_frames=8, min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS, fps=0.0):
-    """-> (pixel_values_videos, video_grid_thw, second_per_grid). second_per_grid = seconds one
-    temporal patch spans = temporal_patch_size / sampled fps, used by Qwen2.5-VL's M-RoPE."""
-    frames, duration = _sample(path, num_frames, fps)
+class Clip(NamedTuple):
+    pixel_values: torch.Tensor  # (N, 3*2*P*P) float32
+    grid: torch.Tensor          # video_grid_thw (1, 3)
+    second_per_grid: float      # seconds one temporal patch spans = 2 / sampled fps (Qwen2.5-VL's M-RoPE)
+    timestamps: list            # seconds of each temporal patch (Qwen3-VL's prompt text)
+
+
+def load_video(path, num_frames=8, min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS, fps=0.0,
+               family="qwen2_5_vl"):
+    """-> Clip(pixel_values_videos, video_grid_thw, second_per_grid, timestamps), preprocessed for `family`."""
+    frames, duration, times = _sample(path, num_frames, fps)
     try:
-        pixel_values, grid = preprocess(frames, min_pixels, max_pixels)
+        pixel_values, grid = preprocess(frames, min_pixels, max_pixels, family)
     except ValueError as e:  # e.g. an aspect ratio over 200: a bad video like any other, not the end of a run
         raise VideoError(f"{path}: {e}") from e
     fps = len(frames) / duration if duration > 0 else FALLBACK_FPS
-    return pixel_values, grid, TEMPORAL_PATCH_SIZE / fps
+    return Clip(pixel_values, grid, TEMPORAL_PATCH_SIZE / fps, patch_timestamps(times))
 
 
 def load_videos(paths, num_frames=8, min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS, skip_bad=False):

@@ -1,9 +1,16 @@
-"""Vision tower of Qwen2-VL and Qwen2.5-VL, in plain PyTorch.
+"""Vision tower of Qwen2-VL, Qwen2.5-VL and Qwen3-VL, in plain PyTorch.
 
-Pixels arrive as flattened 3-D patches (N, 3*2*14*14), one row per 2-frame x 14x14 patch, in the order Qwen's
-processor writes them: frame by frame, and inside a frame in 2x2 "merge blocks" (so four consecutive rows become
-one language-model token after the merger). Every frame of every image/video attends only within itself; Qwen2.5-VL
-additionally restricts most blocks to windows of window_size pixels (its paper, Sec. 2.1.1).
+Pixels arrive as flattened 3-D patches (N, 3*2*P*P; P = 14, or 16 for Qwen3-VL), one row per 2-frame x PxP patch, in
+the order Qwen's processor writes them: frame by frame, and inside a frame in 2x2 "merge blocks" (so four consecutive
+rows become one language-model token after the merger). Every frame of every image/video attends only within itself;
+Qwen2.5-VL additionally restricts most blocks to windows of window_size pixels (its paper, Sec. 2.1.1). Qwen3-VL adds
+learned position embeddings resized to each frame's grid and DeepStack: the features of a few intermediate blocks go
+through their own mergers and are handed to the decoder's first layers (deepstack_visual_indexes).
+
+What each family uses:   block norm   block MLP              merger            extra
+  qwen2_vl               LayerNorm    fc1-quick_gelu-fc2     ln_q, mlp.0/2     -
+  qwen2_5_vl             RMSNorm      SwiGLU                 ln_q, mlp.0/2     window attention
+  qwen3_vl               LayerNorm    linear_fc1-gelu-fc2    norm, linear_fc*  patch bias, learned positions, DeepStack
 """
 import math
 
@@ -44,16 +51,18 @@ class RMSNorm(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """The Conv3d of the checkpoints (kernel = stride = 2x14x14) is a Linear over each flattened patch."""
+    """The Conv3d of the checkpoints (kernel = stride = 2xPxP) is a Linear over each flattened patch. Only Qwen3-VL's
+    has a bias."""
 
-    def __init__(self, in_channels, temporal_patch_size, patch_size, dim):
+    def __init__(self, in_channels, temporal_patch_size, patch_size, dim, bias=False):
         super().__init__()
         self.proj = nn.Module()  # keeps the checkpoint name patch_embed.proj.weight with the Conv3d shape
         self.proj.weight = nn.Parameter(torch.empty(dim, in_channels, temporal_patch_size, patch_size, patch_size))
+        self.proj.bias = nn.Parameter(torch.empty(dim)) if bias else None
 
     def forward(self, x):
         w = self.proj.weight
-        return F.linear(x.to(w.dtype), w.reshape(w.shape[0], -1))
+        return F.linear(x.to(w.dtype), w.reshape(w.shape[0], -1), self.proj.bias)
 
 
 class VisionAttention(nn.Module):
@@ -98,13 +107,28 @@ class VisionMLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class VisionBlock(nn.Module):
-    def __init__(self, dim, num_heads, mlp_hidden, act, qwen25):
+class Qwen3VisionMLP(nn.Module):
+    """Qwen3-VL: linear_fc1 -> act -> linear_fc2 (Qwen2-VL's MLP under other names, with a given width)."""
+
+    def __init__(self, dim, hidden, act):
         super().__init__()
+        self.act = ACT[act]
+        self.linear_fc1 = nn.Linear(dim, hidden)
+        self.linear_fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.linear_fc2(self.act(self.linear_fc1(x)))
+
+
+class VisionBlock(nn.Module):
+    def __init__(self, dim, num_heads, mlp_hidden, act, family):
+        super().__init__()
+        qwen25 = family == "qwen2_5_vl"
         norm = (lambda: RMSNorm(dim, 1e-6)) if qwen25 else (lambda: nn.LayerNorm(dim, eps=1e-6))
         self.norm1, self.norm2 = norm(), norm()
         self.attn = VisionAttention(dim, num_heads)
-        self.mlp = VisionMLP(dim, mlp_hidden, act, gated=qwen25)
+        self.mlp = (Qwen3VisionMLP(dim, mlp_hidden, act) if family == "qwen3_vl" else
+                    VisionMLP(dim, mlp_hidden, act, gated=qwen25))
 
     def forward(self, x, cos, sin, groups):
         x = x + self.attn(self.norm1(x), cos, sin, groups)
@@ -123,6 +147,35 @@ class PatchMerger(nn.Module):
     def forward(self, x):
         x = self.ln_q(x)
         return self.mlp(x.reshape(-1, self.mlp[0].in_features))
+
+
+class Qwen3Merger(nn.Module):
+    """Qwen3-VL's merger: LayerNorm, 2x2 concatenation, fc -> GELU -> fc. The main merger normalises each patch
+    before the concatenation; the DeepStack mergers normalise the concatenated vector ("postshuffle")."""
+
+    def __init__(self, dim, out_dim, merge, postshuffle):
+        super().__init__()
+        self.hidden, self.postshuffle = dim * merge * merge, postshuffle
+        self.norm = nn.LayerNorm(self.hidden if postshuffle else dim, eps=1e-6)
+        self.linear_fc1 = nn.Linear(self.hidden, self.hidden)
+        self.linear_fc2 = nn.Linear(self.hidden, out_dim)
+
+    def forward(self, x):
+        x = self.norm(x.reshape(-1, self.hidden)) if self.postshuffle else self.norm(x).reshape(-1, self.hidden)
+        return self.linear_fc2(F.gelu(self.linear_fc1(x)))
+
+
+def learned_positions(table, grid_thw, merge):
+    """Qwen3-VL's absolute positions: the square table (side*side, D) of learned embeddings, resized bilinearly
+    (corners aligned) to each frame's patch grid, laid out in the processor's merge-block order, once per frame."""
+    side, dim = int(table.shape[0] ** 0.5), table.shape[1]
+    square = table.float().reshape(side, side, dim).permute(2, 0, 1)[None]  # (1, D, side, side)
+    out = []
+    for t, h, w in grid_thw.tolist():
+        p = F.interpolate(square, size=(h, w), mode="bilinear", align_corners=True)[0]  # (D, h, w)
+        p = p.reshape(dim, h // merge, merge, w // merge, merge).permute(1, 3, 2, 4, 0).reshape(h * w, dim)
+        out.append(p.repeat(t, 1))
+    return torch.cat(out)
 
 
 def _grouped(seg):
@@ -160,27 +213,37 @@ def patch_layout(grid_thw, merge, window):
 
 
 class VisionTower(nn.Module):
-    def __init__(self, vc, out_dim, qwen25):
+    def __init__(self, vc, out_dim, family):
         super().__init__()
-        self.qwen25 = qwen25
-        dim = vc["hidden_size"] if qwen25 else vc["embed_dim"]
+        self.family, self.qwen25 = family, family == "qwen2_5_vl"
+        dim = vc["embed_dim"] if family == "qwen2_vl" else vc["hidden_size"]
         self.num_heads = vc["num_heads"]
         self.merge = vc.get("spatial_merge_size", 2)
-        self.patch_size = vc.get("patch_size", 14)
+        self.patch_size = vc.get("patch_size", 16 if family == "qwen3_vl" else 14)
         rope = vc.get("rope_parameters") or {}
         self.rope_theta = rope.get("rope_theta", vc.get("rope_theta", 10000.0))
-        if qwen25:
+        self.fullatt, self.window = None, 0
+        if family == "qwen2_vl":
+            act, mlp_hidden = vc.get("hidden_act", "quick_gelu"), int(dim * vc.get("mlp_ratio", 4))
+        elif family == "qwen2_5_vl":
             act, mlp_hidden = vc.get("hidden_act", "silu"), vc["intermediate_size"]
             self.fullatt = set(vc.get("fullatt_block_indexes", []))
             self.window = vc.get("window_size", 112) // self.merge // self.patch_size  # in merged tokens
         else:
-            act, mlp_hidden = vc.get("hidden_act", "quick_gelu"), int(dim * vc.get("mlp_ratio", 4))
-            self.fullatt, self.window = None, 0
+            act, mlp_hidden = vc.get("hidden_act", "gelu_pytorch_tanh"), vc["intermediate_size"]
+        qwen3 = family == "qwen3_vl"
         self.patch_embed = PatchEmbed(vc.get("in_channels", vc.get("in_chans", 3)),
-                                      vc.get("temporal_patch_size", 2), self.patch_size, dim)
-        self.blocks = nn.ModuleList(VisionBlock(dim, self.num_heads, mlp_hidden, act, qwen25)
+                                      vc.get("temporal_patch_size", 2), self.patch_size, dim, bias=qwen3)
+        self.blocks = nn.ModuleList(VisionBlock(dim, self.num_heads, mlp_hidden, act, family)
                                     for _ in range(vc["depth"]))
-        self.merger = PatchMerger(dim, out_dim, self.merge, qwen25)
+        self.deepstack_visual_indexes = list(vc.get("deepstack_visual_indexes", (8, 16, 24))) if qwen3 else []
+        if qwen3:
+            self.pos_embed = nn.Embedding(vc.get("num_position_embeddings", 2304), dim)
+            self.merger = Qwen3Merger(dim, out_dim, self.merge, postshuffle=False)
+            self.deepstack_merger_list = nn.ModuleList(Qwen3Merger(dim, out_dim, self.merge, postshuffle=True)
+                                                       for _ in self.deepstack_visual_indexes)
+        else:
+            self.merger = PatchMerger(dim, out_dim, self.merge, self.qwen25)
 
     def rope(self, hw, head_dim):
         """2-D RoPE: the first half of the rotated pairs encodes the row, the second half the column."""
@@ -191,13 +254,19 @@ class VisionTower(nn.Module):
         return ang.cos(), ang.sin()
 
     def forward(self, pixels, grid_thw):
-        """pixels (N, C*T*P*P), grid_thw (n, 3) -> merged features (N / merge^2, out_dim)."""
+        """pixels (N, C*T*P*P), grid_thw (n, 3) -> (merged features (N / merge^2, out_dim), DeepStack features: one
+        tensor of the same shape per deepstack_visual_indexes entry, in the order of the decoder layers they feed)."""
         device = pixels.device
         hw, frames, windows = (x.to(device) for x in patch_layout(grid_thw, self.merge, self.window))
         x = self.patch_embed(pixels)
+        if self.family == "qwen3_vl":
+            x = x + learned_positions(self.pos_embed.weight, grid_thw, self.merge).to(x.dtype)
         cos, sin = self.rope(hw.float(), x.shape[-1] // self.num_heads)
         full = _grouped(frames)
         windowed = _grouped(windows) if self.qwen25 else full
+        deepstack = []
         for i, blk in enumerate(self.blocks):
             x = blk(x, cos, sin, full if (not self.qwen25 or i in self.fullatt) else windowed)
-        return self.merger(x)
+            if i in self.deepstack_visual_indexes:
+                deepstack.append(self.deepstack_merger_list[self.deepstack_visual_indexes.index(i)](x))
+        return self.merger(x), deepstack

@@ -59,7 +59,7 @@ class CharTokenizer:
 class FakeEncoder(data.PromptEncoder):
     def video(self, row):
         t = int(row.get("t", 2))
-        return torch.randn(t * 16, 1176), torch.tensor([[t, 4, 4]]), 1.0
+        return torch.randn(t * 16, 1176), torch.tensor([[t, 4, 4]]), 1.0, [2.0 * i + 0.5 for i in range(t)]
 
 
 def test_sft_labels_cover_exactly_the_answer_tokens():

@@ -44,7 +44,7 @@ class FakeTok:
 
 def blank_encoder(max_len):
     enc = data.PromptEncoder(FakeTok(), max_len=max_len)
-    enc.video = lambda row: (torch.zeros(4, 3 * 2 * 14 * 14), torch.tensor([[1, 2, 2]]), 1.0)  # 1 video token
+    enc.video = lambda row: (torch.zeros(4, 3 * 2 * 14 * 14), torch.tensor([[1, 2, 2]]), 1.0, [0.5])  # 1 video token
     return enc
 
 

@@ -1,4 +1,4 @@
-"""Mixed precision (issue 19): fp32 / bf16-mixed / bf16 on the tiny Qwen2-VL and Qwen2.5-VL, autocast safety, FSDP2's
+"""Mixed precision (issue 19): fp32 / bf16-mixed / bf16 on the tiny Qwen2-VL, Qwen2.5-VL and Qwen3-VL, autocast safety, FSDP2's
 MixedPrecisionPolicy on 2 ranks, bench/memory.py's inventory, bench/gpu_check.sh on a CPU."""
 import json
 import os
@@ -21,12 +21,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import memory  # noqa: E402
 
-TYPES = ["qwen2_vl", "qwen2_5_vl"]
+TYPES = ["qwen2_vl", "qwen2_5_vl"]  # bench/memory.py's inventory knows these two
+ALL_TYPES = TYPES + ["qwen3_vl"]
 VID, VSTART, VEND = 491, 492, 493
 
 
 def config(model_type, layers=2):
     """A tiny config of the released layout (bench/memory.py's, shrunk): 2 layers, vision 2 blocks of 32."""
+    if model_type == "qwen3_vl":  # st_r1.tiny's, nested as the releases; DeepStack from vision block 0
+        from st_r1.tiny import qwen3_config
+        ids = {"<|image_pad|>": 490, "<|video_pad|>": VID, "<|vision_start|>": VSTART, "<|vision_end|>": VEND,
+               "<|endoftext|>": 0, "<|im_end|>": 2}
+        return qwen3_config(ids, 500, 64, layers, 4, 2, 32, 2, 2)
     c = json.loads(json.dumps(memory.MODELS["qwen2.5-vl-7b" if model_type == "qwen2_5_vl" else "qwen2-vl-7b"]))
     c.update(vocab_size=500, hidden_size=64, intermediate_size=160, num_hidden_layers=layers, num_attention_heads=4,
              num_key_value_heads=2, image_token_id=490, video_token_id=VID, vision_start_token_id=VSTART,
@@ -52,16 +58,21 @@ def make(model_type, name, freeze_vision=False, lora_r=0):
     return precision.apply(model, pol), pol
 
 
-def batch(labels=True):
-    """Two rows, each a (2, 4, 4)-patch video (8 tokens) and text; the second left-padded by 2."""
+def batch(labels=True, patch=memory.PATCH):
+    """Two rows, each a (2, 4, 4)-patch video (8 tokens) and text; the second left-padded by 2. patch: the size of a
+    flattened patch (3 * 2 * 16 * 16 for Qwen3-VL, whose rows are 2 frames of 4 tokens without timestamps)."""
     g = torch.Generator().manual_seed(0)
     rows = [[VSTART] + [VID] * 8 + [VEND] + torch.randint(10, 480, (n,), generator=g).tolist() for n in (12, 10)]
     ids = torch.tensor([rows[0], [0, 0] + rows[1]])
     b = dict(input_ids=ids, attention_mask=(ids != 0).long(), video_grid_thw=torch.tensor([[2, 4, 4]] * 2),
-             pixel_values_videos=torch.randn(64, memory.PATCH, generator=g))
+             pixel_values_videos=torch.randn(64, patch, generator=g))
     if labels:
         b["labels"] = ids.masked_fill(ids == 0, -100)
     return b
+
+
+def patch_of(model):
+    return 3 * model.temporal_patch_size * model.patch_size ** 2
 
 
 def rel_err(a, b):
@@ -70,12 +81,12 @@ def rel_err(a, b):
 
 # ----------------------------------------------------------------------------------------------- autocast safety
 
-@pytest.mark.parametrize("model_type", TYPES)
+@pytest.mark.parametrize("model_type", ALL_TYPES)
 def test_video_forward_under_autocast(model_type):
     """The issue's crash: under torch.autocast the vision attention wrote bf16 outputs into an fp32 buffer
     ('Index put requires the source and destination dtypes match'). Now it runs, and stays close to fp32."""
     model, _ = make(model_type, "fp32")
-    b = batch(labels=False)
+    b = batch(labels=False, patch=patch_of(model))
     with torch.no_grad():
         ref = model.eval()(**b)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -96,12 +107,12 @@ class WeightCasts(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("model_type", TYPES)
+@pytest.mark.parametrize("model_type", ALL_TYPES)
 def test_bf16_mixed_casts_each_weight_once_per_call(model_type):
     """generate() and completion_logprobs() run in one autocast region: each fp32 matrix is cast to bf16 once per
     call (not once per decoded token, nor once per pass), and the KV cache is bf16."""
     model, _ = make(model_type, "bf16-mixed")
-    b = batch(labels=False)
+    b = batch(labels=False, patch=patch_of(model))
     mats = len(list(model.parameters()))  # each cast at most once
     counts = []
     for new in (2, 8):
@@ -121,7 +132,7 @@ def test_bf16_mixed_casts_each_weight_once_per_call(model_type):
 
 def grpo_step(model, pol, opt):
     """A rollout and one GRPO update against a frozen reference held in the policy's reference dtype."""
-    prompts = batch(labels=False)
+    prompts = batch(labels=False, patch=patch_of(model))
     ref = VideoLM.from_config(model.config, dtype=pol.ref_dtype)
     ref.load_state_dict(lora.split_state_dict(model, model.state_dict())[0])  # LoRA adapters merged in
     ref.eval().requires_grad_(False)
@@ -132,10 +143,10 @@ def grpo_step(model, pol, opt):
 
 
 @pytest.mark.parametrize("name", precision.POLICIES)
-@pytest.mark.parametrize("model_type", TYPES)
+@pytest.mark.parametrize("model_type", ALL_TYPES)
 def test_forward_sft_step_and_grpo_step(model_type, name):
     model, pol = make(model_type, name)
-    b = batch()
+    b = batch(patch=patch_of(model))
     with torch.no_grad():
         assert model.eval()(**{k: v for k, v in b.items() if k != "labels"}).dtype == pol.compute_dtype
     assert model.new_cache(2, 8).k[0].dtype == pol.compute_dtype  # the KV cache follows the compute dtype
@@ -154,12 +165,13 @@ def test_forward_sft_step_and_grpo_step(model_type, name):
     assert all(p.grad is None for p in model.parameters())  # freed after the update, before the next rollout
 
 
-@pytest.mark.parametrize("model_type", TYPES)
+@pytest.mark.parametrize("model_type", ALL_TYPES)
 def test_bf16_mixed_tracks_fp32(model_type):
     """4 SFT steps from the same weights: bf16-mixed losses within 1% of fp32's; the GRPO log-probs of the same
     completions within 0.05 nats."""
     losses, logps = {}, {}
-    b = batch()
+    patch = 3 * 2 * (16 if model_type == "qwen3_vl" else 14) ** 2
+    b = batch(patch=patch)
     for name in ("fp32", "bf16-mixed"):
         model, pol = make(model_type, name)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -171,10 +183,10 @@ def test_bf16_mixed_tracks_fp32(model_type):
             opt.zero_grad()
             losses[name].append(loss.item())
         if name == "fp32":
-            gen = grpo.rollout(model.eval(), batch(labels=False), grpo.GRPOConfig(group_size=2, max_new_tokens=6),
+            gen = grpo.rollout(model.eval(), batch(False, patch), grpo.GRPOConfig(group_size=2, max_new_tokens=6),
                                [10**6], 0, torch.Generator().manual_seed(0))
         with torch.no_grad():
-            logps[name] = grpo.completion_logprobs(model, batch(labels=False), gen.tokens, gen.mask, group_size=2)[0]
+            logps[name] = grpo.completion_logprobs(model, batch(False, patch), gen.tokens, gen.mask, group_size=2)[0]
     assert losses["fp32"][-1] < losses["fp32"][0]
     assert losses["bf16-mixed"] == pytest.approx(losses["fp32"], rel=1e-2)
     assert (logps["bf16-mixed"] - logps["fp32"]).abs().max() < 0.05

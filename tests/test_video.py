@@ -145,7 +145,7 @@ def test_odd_num_frames_padded(tmp_path):
 
 def test_load_video_second_per_grid(tmp_path):
     path = write_video(tmp_path / "v.mp4", 60, fps=30, h=56, w=84)  # 2 s
-    pv, grid, spg = V.load_video(path, 8, min_pixels=28 * 28, max_pixels=64 * 28 * 28)
+    pv, grid, spg, _ = V.load_video(path, 8, min_pixels=28 * 28, max_pixels=64 * 28 * 28)
     assert grid.tolist() == [[4, 4, 6]] and pv.shape == (4 * 4 * 6, 3 * 2 * 14 * 14)
     assert spg == pytest.approx(2 * 2.0 / 8)  # 8 frames over 2 s = 4 fps; 2 frames per grid step
 
@@ -321,6 +321,6 @@ def test_authors_fps_sampler_by_hand(tmp_path):
     assert V.fps_indices(40, 30.0, 1.0, 8) == [0, 13, 26, 39]
     assert V.fps_indices(3, 30.0, 1.0, 8) == [0, 2]  # fewer frames than the minimum: an even count of them
     path = write_video(tmp_path / "v.mp4", 240, fps=24, gop=24)  # 10 s again (indices stay under 256: 8 bits)
-    frames, _ = V._sample(str(path), 8, fps=1.0)
+    frames = V._sample(str(path), 8, fps=1.0)[0]
     assert [read_index(f) for f in frames] == [0, 27, 53, 80, 133, 159, 186, 239]
     assert [read_index(f) for f in V.sample_frames(str(path), 8)] == V.uniform_indices(240, 8)  # default unchanged

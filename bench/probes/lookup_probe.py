@@ -1,7 +1,7 @@
 """Does a model read an option's letter off a word it is told? Teacher-forced: the prompt and the target up to
 "word:" are given, and the probe checks which of " A".." D" the model ranks first (chance 25%).
 
-    python bench/probes/lookup_probe.py MODEL_DIR                       # the pretraining's lookup rows, by vocabulary
+    python bench/probes/lookup_probe.py MODEL_DIR                       # by vocabulary, and on stage 4's lookup rows
     python bench/probes/lookup_probe.py MODEL_DIR --bench ROWS.jsonl    # rows whose solution says "<word>: <letter>"
 
 By vocabulary: tiny.WORDS (the words the base's lookup was trained on), the tokenizer's other words
@@ -44,6 +44,25 @@ def by_vocabulary(model, tok, letters, vocab, n=64, seed=0):
     return right / n
 
 
+def in_pretraining_lists(model, tok, letters, n=150, seed=7):
+    """On the stage-4 lookup rows themselves (8-12 words over four options, tiny.WORDS mixed with the world's
+    words), every asked word teacher-forced: accuracy by the kind of word asked."""
+    vocab = list(tiny.WORDS) + list(render.COLOURS) + list(render.OBJECTS) + ["left", "right"]
+    kinds = {**{w: "colours" for w in render.COLOURS}, **{w: "objects" for w in render.OBJECTS}, "left": "left/right",
+             "right": "left/right"}
+    rng, right = np.random.default_rng(seed), {}
+    for _ in range(n):
+        prompt, target = P.list_item(rng, vocab, lookup=1.0)
+        ex = P.encode(tok, prompt, target)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ex["input_ids"]]))[0]
+        at = [i for i, y in enumerate(ex["labels"]) if y in letters]  # the four letters, in the asked order
+        for (word, L), i in zip(re.findall(r" (\w+): ([ABCD])\.", target), at):
+            said = "ABCD"[int(logits[i - 1, letters].argmax())]
+            right.setdefault(kinds.get(word, "tiny.WORDS"), []).append(said == L)
+    return {k: round(float(np.mean(v)), 3) for k, v in right.items()}
+
+
 def on_bench(model, tok, letters, path, pattern=r"\. (\w+): ([ABCD])\. Hence"):
     rows = data.load_rows(path)
     enc = data.PromptEncoder(tok, video_root=os.path.dirname(os.path.abspath(path)))
@@ -76,4 +95,4 @@ if __name__ == "__main__":
     else:
         out = {name: by_vocabulary(model, tok, letters, v) for name, v in
                (("tiny.WORDS", list(tiny.WORDS)), ("other words", P.lookup_vocab(tok)), ("colours", list(render.COLOURS)))}
-        print(json.dumps({"model": a.model, **out}))
+        print(json.dumps({"model": a.model, **out, "in pretraining lists": in_pretraining_lists(model, tok, letters)}))
