@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-from st_r1 import cli, data, dist, grpo, precision, rewards, runs
-from train_sft import batch_rows, resumed_counts
+from st_r1 import checkpoint, cli, data, dist, grpo, precision, rewards, runs
+from st_r1.predictions import completion_texts
+from st_r1.training import batch_rows, cosine_schedule, resumed_counts
 
 
 @dataclass
@@ -66,15 +67,6 @@ def reward_functions(cfg):
         fns["reverse_thinking"] = lambda t, r: rewards.reverse_thinking_reward(
             t, r, gate_on_correct=cfg.gate_reverse_on_correct)
     return fns
-
-
-def completion_texts(tok, gen, eos_ids):
-    """Decoded completions without the end-of-turn token; special tags like <think> are kept."""
-    out = []
-    for row, m in zip(gen.tokens.tolist(), gen.mask.tolist()):
-        ids = [t for t, keep in zip(row, m) if keep and t not in eos_ids]
-        out.append(tok.decode(ids, skip_special_tokens=False))
-    return out
 
 
 def sampling_generators(cfg, step, prompt_ids):
@@ -142,8 +134,8 @@ def main(cfg):
     cfg.resume = cfg.resume or bool(cfg.resume_from)
     runs.refuse_mixing(cfg.out, cfg.resume)  # before anything is loaded or written
     dist.seed_everything(cfg.seed, d.rank)
-    if not cfg.model and dist.latest_model("runs/sft"):
-        cfg.model = dist.latest_model("runs/sft")  # the default chain: SFT, then GRPO
+    if not cfg.model and checkpoint.latest_model("runs/sft"):
+        cfg.model = checkpoint.latest_model("runs/sft")  # the default chain: SFT, then GRPO
     model_dir, train_file, eval_file = data.resolve_defaults(cfg, is_main=d.is_main)
     # the rows first: a typo in the data costs seconds, not the minutes of loading a 7B checkpoint (twice)
     rows = data.load_rows(train_file)
@@ -164,7 +156,7 @@ def main(cfg):
                              mp_policy=precision.fsdp_policy(prec))
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    sched = dist.cosine_schedule(opt, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
+    sched = cosine_schedule(opt, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
     weights = rewards.parse_weights(cfg.reward_weights)
     fns = reward_functions(cfg)
     use_temporal = weights.pop("temporal", 0.0)
@@ -175,7 +167,7 @@ def main(cfg):
     enc = data.PromptEncoder(tok, cfg.video_root or os.path.dirname(train_file), cfg.num_frames, cfg.min_pixels,
                              cfg.max_pixels, model.spatial_merge_size,
                              max_len=data.context_limit(model_dir, cfg.max_seq_len), family=model.model_type)
-    state = dist.load_checkpoint(cfg.out, policy, opt, sched, cfg.resume_from or None) if cfg.resume else None
+    state = checkpoint.load_checkpoint(cfg.out, policy, opt, sched, cfg.resume_from or None) if cfg.resume else None
     step, skipped, skip_examples = resumed_counts(state)
     if d.is_main:
         os.makedirs(cfg.out, exist_ok=True)
@@ -223,7 +215,7 @@ def main(cfg):
         stats = grpo.update(policy, ref, opt, batch, gen, advantages.to(d.device), gcfg, timer, step)
         sched.step()
         step += 1
-        dist.crash_point("step", step)
+        checkpoint.crash_point("step", step)
 
         lengths = gen.mask.sum(1).float()
         n_gen = lengths.sum().item()
@@ -248,13 +240,13 @@ def main(cfg):
         bar.set_postfix(reward=f"{rec['reward']:.3f}", acc=f"{rec.get('accuracy', 0):.2f}", kl=f"{rec['kl']:.4f}")
         bar.update(1)
         if step % cfg.save_every == 0 or step == cfg.steps:
-            dist.save_checkpoint(cfg.out, step, policy, opt, sched,
+            checkpoint.save_checkpoint(cfg.out, step, policy, opt, sched,
                                  dict(step=step, skipped=skipped, skip_examples=skip_examples), tokenizer=tok)
     bar.close()
     if skipped:
         dist.log(f"skipped {skipped} rows with unreadable videos (all ranks; each replaced by the next readable "
                  f"row), e.g. {(skip_examples or ['?'])[0]}")
-    dist.log(f"done: final model in {dist.latest_model(cfg.out)}")
+    dist.log(f"done: final model in {checkpoint.latest_model(cfg.out)}")
     dist.shutdown()
 
 

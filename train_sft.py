@@ -6,14 +6,14 @@
 """
 import json
 import os
-import random
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 from tqdm import tqdm
 
-from st_r1 import cli, data, dist, precision, runs
+from st_r1 import checkpoint, cli, data, dist, precision, runs
+from st_r1.training import batch_rows, cosine_schedule, resumed_counts, sft_loss
 
 
 @dataclass
@@ -56,37 +56,6 @@ def answer_only(row):
     """The answer-only baseline: same rows, the <think> block dropped from the target."""
     gold = row.get("original_answer", "")
     return dict(row, solution=f"<answer>{gold}</answer>")
-
-
-def batch_rows(rows, step, batch_size, seed):
-    """The global batch of a step: a fixed permutation per epoch, so a resumed run sees exactly the same data."""
-    start = step * batch_size
-    out = []
-    while len(out) < batch_size:
-        epoch, i = divmod(start + len(out), len(rows))
-        perm = list(range(len(rows)))
-        random.Random(seed * 100003 + epoch).shuffle(perm)
-        out.append(rows[perm[i]])
-    return out
-
-
-def resumed_counts(state):
-    """(step, rows skipped so far over all ranks, a few of them as `path:line: why`) of a resumed run."""
-    if not state:
-        return 0, 0, []
-    skipped = state.get("skipped", 0)
-    if isinstance(skipped, list):  # checkpoints before the count was global kept rank 0's list
-        return state["step"], len(skipped), skipped[:5]
-    return state["step"], skipped, state.get("skip_examples", [])
-
-
-def sft_loss(model, batch, num_tokens):
-    """Sum of answer-token cross-entropies / the global answer-token count (so split batches add up exactly)."""
-    labels = batch.pop("labels")
-    logits = model(**batch).float()
-    # token t predicts t+1; labels are -100 on prompt and video tokens (masked out)
-    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
-                                             ignore_index=-100, reduction="sum") / num_tokens
 
 
 def validate(cfg, world_size):
@@ -135,7 +104,7 @@ def main(cfg):
                              mp_policy=precision.fsdp_policy(prec))
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    sched = dist.cosine_schedule(opt, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
+    sched = cosine_schedule(opt, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
 
     max_len = data.context_limit(model_dir, cfg.max_seq_len)
     enc = data.PromptEncoder(tok, cfg.video_root or os.path.dirname(train_file), cfg.num_frames, cfg.min_pixels,
@@ -143,7 +112,7 @@ def main(cfg):
     eval_enc = data.PromptEncoder(tok, cfg.video_root or os.path.dirname(eval_file or train_file), cfg.num_frames,
                                   cfg.min_pixels, cfg.max_pixels, model.spatial_merge_size, max_len=max_len,
                                   family=model.model_type)
-    state = dist.load_checkpoint(cfg.out, policy, opt, sched, cfg.resume_from or None) if cfg.resume else None
+    state = checkpoint.load_checkpoint(cfg.out, policy, opt, sched, cfg.resume_from or None) if cfg.resume else None
     step, skipped, skip_examples = resumed_counts(state)
     if d.is_main:
         os.makedirs(cfg.out, exist_ok=True)
@@ -195,7 +164,7 @@ def main(cfg):
         opt.step()
         sched.step()
         step += 1
-        dist.crash_point("step", step)
+        checkpoint.crash_point("step", step)
         loss_avg = dist.all_reduce_sum(loss_sum)
         dt = time.perf_counter() - t0
         rec = dict(step=step, loss=loss_avg, lr=sched.get_last_lr()[0], grad_norm=float(grad_norm),
@@ -208,12 +177,12 @@ def main(cfg):
         bar.set_postfix(loss=f"{loss_avg:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
         bar.update(1)
         if step % cfg.save_every == 0 or step == cfg.steps:
-            dist.save_checkpoint(cfg.out, step, policy, opt, sched,
+            checkpoint.save_checkpoint(cfg.out, step, policy, opt, sched,
                                  dict(step=step, skipped=skipped, skip_examples=skip_examples), tokenizer=tok)
     bar.close()
     if skipped:
         dist.log(f"skipped {skipped} rows with unreadable videos (all ranks), e.g. {(skip_examples or ['?'])[0]}")
-    dist.log(f"done: final model in {dist.latest_model(cfg.out)}")
+    dist.log(f"done: final model in {checkpoint.latest_model(cfg.out)}")
     dist.shutdown()
 
 
@@ -223,8 +192,8 @@ def evaluate_model(model, tok, rows, enc, cfg, d):
         return {}
     if cfg.parallel == "fsdp" and d.world_size > 1:  # sharded weights: rank 0 alone cannot run the model
         return {"eval_note": "skipped under FSDP; run evaluate.py on the checkpoint"}
-    from evaluate import predict
     from st_r1 import scoring
+    from st_r1.predictions import predict
     preds = predict(model, tok, rows, enc, batch_size=cfg.micro_batch, max_new_tokens=cfg.max_new_tokens)
     s = scoring.score_rows(rows, preds)
     return {"eval_accuracy": s["overall"]["accuracy"], "eval_n": s["overall"]["n"]}

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 import memory  # noqa: E402
 from st_r1 import grpo, precision  # noqa: E402
 from st_r1.model import VideoLM  # noqa: E402
-from train_sft import sft_loss  # noqa: E402
+from st_r1.training import sft_loss  # noqa: E402
 
 BANDWIDTH_GBS = {"H200": 4800, "H100": 3350, "A100": 2039, "L40S": 864, "A10": 600}  # HBM / GDDR peak, GB/s
 

@@ -40,7 +40,7 @@ def run_ours(a, prompts):
     from transformers import AutoTokenizer
     from st_r1 import grpo
     from st_r1.model import VideoLM
-    from train_grpo import completion_texts
+    from st_r1.predictions import completion_texts
     base = rss_mb()
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(a.model)

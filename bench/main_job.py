@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from st_r1 import cli, dist, scoring  # noqa: E402
+from st_r1 import checkpoint, cli, scoring  # noqa: E402
 
 ARMS = ("untrained", "sft_answer", "sft_cot", "grpo_accuracy", "grpo_reverse")
 TITLES = {"untrained": "base model (no SFT)", "sft_answer": "answer-only SFT", "sft_cot": "reverse-thinking CoT SFT",
@@ -58,12 +58,12 @@ def run(cmd, env):
 
 def train(script, out, steps, flags, env):
     """A training stage: skipped when its last checkpoint is the final step, else (re)started with --resume."""
-    ckpt = dist.latest_checkpoint(out)
+    ckpt = checkpoint.latest_checkpoint(out)
     if ckpt and int(os.path.basename(ckpt).split("-")[1]) >= steps:
         print(f"[done] {out}")
     else:
         run([script, "--out", out, "--steps", str(steps), "--resume"] + flags, env)
-    return dist.latest_model(out)
+    return checkpoint.latest_model(out)
 
 
 def evaluate(model, bench, out, job, env):
@@ -138,7 +138,7 @@ def stages_done(job, seeds):
         d = os.path.join(job.out, f"seed{seed}")
         n += sum(os.path.exists(os.path.join(d, arm + ".json")) for arm in ARMS)
         n += sum(os.path.exists(os.path.join(d, arm + ".other_video.json")) for arm in ARMS[1:])
-        n += sum(dist.latest_checkpoint(os.path.join(d, arm)) is not None for arm in ARMS[1:])
+        n += sum(checkpoint.latest_checkpoint(os.path.join(d, arm)) is not None for arm in ARMS[1:])
     return n
 
 
@@ -158,7 +158,7 @@ def pooled(per_seed, arm):
                     mcq.setdefault(g, []).append(r["correct"])
                 else:
                     route.setdefault(g, []).append(r["rubric"])
-    return ({g: scoring._acc_stat(v) for g, v in mcq.items()}, {g: scoring._mean_stat(v) for g, v in route.items()})
+    return ({g: scoring.acc_stat(v) for g, v in mcq.items()}, {g: scoring.mean_stat(v) for g, v in route.items()})
 
 
 def table(per_seed, seeds, blind):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from st_r1 import cli, dist  # noqa: E402
+from st_r1 import checkpoint, cli  # noqa: E402
 
 # (name, flags): --init is the previous stage's last checkpoint; video pools are rendered once, in stage 1
 STAGES = [
@@ -50,7 +50,7 @@ def main(cfg):
     for name, flags in STAGES:
         out = os.path.join(cfg.out, name)
         stop = int(flags[flags.index("--stop") + 1]) if "--stop" in flags else int(flags[flags.index("--steps") + 1])
-        ckpt = dist.latest_checkpoint(out)
+        ckpt = checkpoint.latest_checkpoint(out)
         if not (ckpt and int(os.path.basename(ckpt).split("-")[1]) >= stop):
             os.makedirs(out, exist_ok=True)
             for pool in ("walks", "closeups", "turns"):  # rendered once by stage 1, shared by the others
@@ -61,7 +61,7 @@ def main(cfg):
             cmd = [sys.executable, "bench/pretrain_base.py", "--out", out, "--threads", str(cfg.threads)] + init + flags
             print("\n$ " + " ".join(cmd[1:]), flush=True)
             subprocess.run(cmd, cwd=ROOT, check=True)
-        prev = dist.latest_model(out)
+        prev = checkpoint.latest_model(out)
     if cfg.export:
         subprocess.run([sys.executable, "bench/pretrain_base.py", "--out", os.path.dirname(os.path.dirname(prev)),
                         "--export", cfg.export], cwd=ROOT, check=True)

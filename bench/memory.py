@@ -372,7 +372,7 @@ def measure(config, s, t, h, w, text):
     of one SFT forward + backward over one row (a t x h x w-patch video and `text` tokens) above the RSS before it,
     with the gradients already allocated by a first step, as a training step finds them."""
     import gc
-    from train_sft import sft_loss
+    from st_r1.training import sft_loss
     torch.manual_seed(0)
     pol = precision.policy(s.precision)
     model = VideoLM.from_config(config, dtype=pol.param_dtype)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from st_r1 import chat, cli, dist, runs, scoring, tiny, video, world  # noqa: E402
+from st_r1 import chat, checkpoint, cli, rubric, runs, tiny, training, video, world  # noqa: E402
 
 FRAMES = 16  # rendered per walk, as the main job writes its bench; 8 are sampled, as the readers sample them
 
@@ -303,7 +303,7 @@ def greedy(model, tok, examples, max_new=64):
 
 def describe_score(texts, events):
     """Mean route rubric (0-5) of narrations against the true forward route."""
-    return float(np.mean([scoring.rubric(t, ", then ".join(ev), True)["score"] for t, ev in zip(texts, events)]))
+    return float(np.mean([rubric.rubric(t, ", then ".join(ev), True)["score"] for t, ev in zip(texts, events)]))
 
 
 def turns_colours_right(texts, events):
@@ -403,7 +403,7 @@ def plot(log, path):
 
 def export(cfg):
     from st_r1.model import VideoLM
-    src = dist.latest_model(cfg.out)
+    src = checkpoint.latest_model(cfg.out)
     if src is None:
         raise SystemExit(f"{cfg.out}: no checkpoint to export")
     model = VideoLM.from_pretrained(src, dtype=torch.float32)  # fp32: every stage trains it (5 MB)
@@ -442,8 +442,8 @@ def main(cfg):
     tok = AutoTokenizer.from_pretrained(init, local_files_only=True)
     model = VideoLM.from_pretrained(init)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    sched = dist.cosine_schedule(opt, cfg.warmup, cfg.steps, 0.1)
-    state = dist.load_checkpoint(cfg.out, model, opt, sched)
+    sched = training.cosine_schedule(opt, cfg.warmup, cfg.steps, 0.1)
+    state = checkpoint.load_checkpoint(cfg.out, model, opt, sched)
     step = state["step"] if state else 0
     log = os.path.join(cfg.out, "log.jsonl")
     runs.trim_log(cfg.out, step)  # records past the checkpoint we resume from are redone: drop them
@@ -506,9 +506,9 @@ def main(cfg):
         bar.set_postfix(video=f"{loss_v.item():.3f}", text=f"{loss_t.item():.3f}")
         bar.update(1)
         if step % cfg.save_every == 0 or step in (cfg.steps, cfg.stop):
-            dist.save_checkpoint(cfg.out, step, model, opt, sched, dict(step=step), tokenizer=tok)
+            checkpoint.save_checkpoint(cfg.out, step, model, opt, sched, dict(step=step), tokenizer=tok)
     bar.close()
-    print(f"done: {dist.latest_model(cfg.out)}; export with --export models/tiny-base")
+    print(f"done: {checkpoint.latest_model(cfg.out)}; export with --export models/tiny-base")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ small randomly initialised vision tower whose output width is the LM's (text-onl
     python bench/smollm2.py --out data/smollm2 --probe --rows runs/world2/test.jsonl
 
 --probe: teacher-forced, which of the four letters the model ranks first (chance 25%), on (a) the lookup rows of
-bench/lookup_probe.py ("Options: A. apple, ... Which option has each word?" -> " red: B") over common English
+bench/probes/lookup_probe.py ("Options: A. apple, ... Which option has each word?" -> " red: B") over common English
 words and over the world's colours, (b) the bench's multiple-choice rows with the true option's text told ("The
 route was: ... Which option is the route? Answer:"); then a few greedy replies through the chat template.
 """
@@ -26,7 +26,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from st_r1 import chat, generate, tiny, world  # noqa: E402
+from st_r1 import chat, generate, render, tiny  # noqa: E402
 from st_r1.model import VideoLM  # noqa: E402
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -169,7 +169,7 @@ COMMON = ("apple", "river", "chair", "cloud", "tiger", "piano", "candle", "fores
           "star", "planet", "shoe", "shirt", "jacket", "hat", "glove", "clock", "watch", "camera", "phone", "radio",
           "train", "plane", "boat", "truck", "bicycle", "doctor", "teacher", "farmer", "pilot", "singer", "king",
           "queen", "castle", "bridge", "tower", "village", "market", "school", "library", "kitchen", "cup")
-COLOURS = tuple(world.COLOURS)
+COLOURS = tuple(render.COLOURS)
 
 
 def letter_ids(tok, space):
@@ -187,7 +187,7 @@ def first_letter(model, ids, letters):
 
 
 def lookup_rows(vocab, n, seed=0):
-    """bench/lookup_probe.py's rows: four options of 2 words (1 for a vocabulary under 8), one word asked."""
+    """bench/probes/lookup_probe.py's rows: four options of 2 words (1 for a vocabulary under 8), one word asked."""
     per = 2 if len(vocab) >= 8 else 1
     rng = np.random.default_rng(seed)
     for _ in range(n):

@@ -7,6 +7,7 @@ from collections import OrderedDict
 import torch
 
 from st_r1 import chat
+from st_r1.answers import row_gold
 from st_r1.cli import UserError
 
 REQUIRED = ("problem", "video")
@@ -33,7 +34,6 @@ def load_rows(path, need=()):
     naming path:line, found here and not steps into a run: bytes that are not UTF-8, a field the script `need`s
     (e.g. "solution", SFT's target) missing, a multiple-choice row whose gold letter cannot be read (it would be
     scored, and rewarded, as an open-ended route row)."""
-    from st_r1.rewards import row_gold
     rows = []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):

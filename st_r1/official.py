@@ -1,7 +1,6 @@
-"""The official Ego-ST Bench (Hugging Face openinterx/Ego-ST-bench, videos in openinterx/Ego-ST-video) read into our
-rows, and the authors' prediction files read back.
+"""The official Ego-ST Bench read into our rows, and the authors' prediction files read back.
 
-The layout, as the authors' inference scripts read it: one file per part, direction and kind,
+The release: Hugging Face openinterx/Ego-ST-bench, videos in openinterx/Ego-ST-video. The layout, as the authors' inference scripts read it: one file per part, direction and kind,
 PartK_{forward,reverse}_{mcq,mcq_landmark,mcq_action,qa}.json, each ONE JSON object keyed by sample id.
   multiple choice: {"video": "x.mp4", "forward_mcq": {"question": "...", "options": ["A. ...", "B. ...", ...]}}
   route (open):    {"video": "x.mp4", "question": "...", "forward_answer": "reference description"}

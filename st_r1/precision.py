@@ -13,7 +13,7 @@
 
 Whatever the policy, softmax, log-probs, the GRPO ratio and KL and the losses are computed in fp32: the model
 returns logits in its compute dtype, and each consumer upcasts them before anything else (generate.pick,
-grpo.completion_logprobs, train_sft.sft_loss); grpo_loss then only sees fp32 log-probs. Inside the model,
+grpo.completion_logprobs, training.sft_loss); grpo_loss then only sees fp32 log-probs. Inside the model,
 RMSNorm normalises in fp32 and both rotary embeddings rotate in fp32.
 """
 from dataclasses import dataclass

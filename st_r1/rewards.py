@@ -1,31 +1,23 @@
-"""Rewards for ST-R1's GRPO stage: pure functions of the reply text, each a float in [0, 1].
+"""Rewards for ST-R1's GRPO stage (what GRPO optimises): pure functions of the reply text, each a float in [0, 1].
 
-Every parser here is a linear scan (str.find, or regexes without nested ambiguous quantifiers), so a
-100k-character reply costs milliseconds, and a reply that tries to game the format scores 0.
+The reply and the row are read by answers.py, the route rubric is rubric.py's. Every parser is a linear scan
+(str.find, or regexes without nested ambiguous quantifiers), so a 100k-character reply costs milliseconds, and a
+reply that tries to game the format scores 0.
 """
 import re
 
-EVENT_TURNS = ("turn left", "turn right", "turn around")
+from st_r1.answers import (answer_letter, gold_letter, is_reverse, parse_options, route_parts, row_gold, tag_span,
+                           task_of)
+from st_r1.rubric import rubric_score, seq_similarity
 
-# ----------------------------------------------------------------------------- tags and letters
-
-
-def _tag_span(text, tag):
-    """(start, end) of the inner text of the ONE <tag>...</tag> in text, or None (missing, repeated, unclosed)."""
-    op, cl = f"<{tag}>", f"</{tag}>"
-    if text.count(op) != 1 or text.count(cl) != 1:
-        return None
-    i, j = text.find(op), text.find(cl)
-    if j < i:
-        return None
-    return i + len(op), j
+# ----------------------------------------------------------------------------- format and accuracy
 
 
 def format_reward(text):
     """1.0 iff the reply is `<think>T</think> <answer>A</answer>` with only whitespace around and between the
     blocks, each tag exactly once (so no nesting or repeats), T and A not blank; else 0.0."""
     s = text.strip()
-    think, answer = _tag_span(s, "think"), _tag_span(s, "answer")
+    think, answer = tag_span(s, "think"), tag_span(s, "answer")
     if think is None or answer is None or not s.startswith("<think>") or not s.endswith("</answer>"):
         return 0.0
     between = s[think[1] + len("</think>"):answer[0] - len("<answer>")]
@@ -47,141 +39,9 @@ def _blank(text):
     return _INVISIBLE_RE.fullmatch(text) is not None
 
 
-def extract_answer(text):
-    """Stripped inner text of the single <answer>...</answer> block, or None when there is not exactly one."""
-    span = _tag_span(text, "answer")
-    return None if span is None else text[span[0]:span[1]].strip()
-
-
-# "B", "B.", "B)", "(B)", "B. option text", "Option B", "Answer: B". Upper-case letters only: a lower-case
-# "a" is an article, and the bench asks for the option letter.
-_LETTER_RE = re.compile(r"(?:[Oo]ption\s*|[Aa]nswer\s*:?\s*)?(?:\(([A-D])\)|([A-D])([.:)]?))(.*)", re.S)
-# another option letter standing alone in the rest ("A. x or B"); a capital "A " before a lower-case
-# word is the English article, which option texts may contain ("A red door").
-_OTHER_LETTER_RE = re.compile(r"\b(?:[B-D]|A(?! [a-z]))\b|[Ａ-Ｄ]")  # full-width letters too: "B. Ｃ" names two
-# a hedge after the letter ("B. or A is possible", "B, maybe"): not one answer. (Option texts that say "or" lose.)
-_HEDGE_RE = re.compile(r"\b(?:or|maybe|perhaps|possibly|possible|probably|either|unsure|not sure)\b")
-
-
-def _hedged(rest):
-    return "?" in rest or _HEDGE_RE.search(rest.lower()) is not None  # lower() + a plain regex: 4x faster than re.I
-
-
-def answer_letter(text):
-    """The one option letter A-D named in the single <answer> block, or None.
-
-    Rejects several letters ("A or B", "A, B", "AB"), hedges ("maybe B", "B?"), no tags, and letters
-    that only occur outside the tags (the authors' "first character of the answer" rule accepts those)."""
-    inner = extract_answer(text)
-    if not inner:
-        return None
-    m = _LETTER_RE.fullmatch(inner)
-    if m is None:
-        return None
-    letter = m.group(1) or m.group(2)
-    rest = m.group(4)
-    if rest.strip():
-        # option text may follow only after a separator: "B. Turn left", "(B) Turn left"
-        separated = m.group(1) is not None or m.group(3)
-        if not separated or not rest[:1].isspace() or _OTHER_LETTER_RE.search(rest) or _hedged(rest):
-            return None
-    return letter
-
-
-def gold_letter(solution):
-    """The gold letter of a solution that is either a bare letter ("B") or an authors' solution string."""
-    s = solution.strip()
-    if len(s) == 1 and s in "ABCD":
-        return s
-    letter = answer_letter(s)
-    if letter is None:
-        raise ValueError(f"no gold option letter in solution {s[:80]!r}")
-    return letter
-
-
 def accuracy_reward(text, solution):
     """1.0 iff answer_letter(text) equals the gold letter of `solution` (a letter or an authors' solution)."""
     return float(answer_letter(text) == gold_letter(solution))
-
-
-def row_gold(row):
-    """Gold letter of an Ego-ST row (original_answer, else the solution's answer), None for open-ended rows."""
-    oa = str(row.get("original_answer", "")).strip()
-    if len(oa) == 1 and oa in "ABCD":
-        return oa
-    if row.get("task") == "route":
-        return None
-    try:
-        return gold_letter(str(row.get("solution", "")))
-    except ValueError:
-        return None
-
-
-# ----------------------------------------------------------------------------- route events
-
-# The closed vocabulary of the contract. Landmark objects may be several words; a match stops at a
-# comma or full stop (the CoT joins events with ", then ") and is cut at " then " / " and " below.
-_EVENT_RE = re.compile(
-    r"(walk straight|turn left|turn right|turn around"
-    r"|pass the [a-z]+(?: [a-z]+)*"
-    r"|see the walls change from [a-z]+ to [a-z]+)"
-    r"|([a-z0-9]+(?:-[a-z0-9]+)*)")
-# free-text direction words (the authors' rows), canonicalised to the three turns
-_DIR_WORDS = {"left": "turn left", "right": "turn right", "around": "turn around", "back": "turn around",
-              "backward": "turn around", "backwards": "turn around", "u-turn": "turn around"}
-_STOP = set("a an the to of and then i you we it its in on at by for from with into onto up down your my "
-            "is are was were be do did this that there here s".split())
-
-
-def parse_route(text):
-    """Read a route text into (events, turns, words).
-
-    events: closed-vocabulary phrases in order (the contract's "walk straight", "pass the red door", ...);
-    turns: "turn left/right/around" in order, from events and from free direction words ("go back",
-    "to the right"; the authors' free-text rows); words: other content words in order (stop words dropped)."""
-    events, turns, words = [], [], []
-    for m in _EVENT_RE.finditer(text.lower()):
-        ev, word = m.group(1), m.group(2)
-        if ev:
-            for cut in (" then ", " and "):  # "pass the red door then turn left" without a comma
-                if ev.startswith("pass the") and cut in ev:
-                    ev = ev[:ev.find(cut)]
-            events.append(ev)
-            if ev in EVENT_TURNS:
-                turns.append(ev)
-        elif word in _DIR_WORDS:
-            turns.append(_DIR_WORDS[word])
-        elif word not in _STOP:
-            words.append(word)
-    return events, turns, words
-
-
-def seq_similarity(a, b):
-    """1 - Levenshtein(a, b) / max(|a|, |b|) on sequences of units: 1 iff equal, order-aware (a swap costs 2
-    edits, a mirrored turn 1). 1.0 when both are empty. A recall more than 3x+3 longer than the truth
-    scores 0 (it can reach at most ~1/3 anyway; the cap keeps the O(|a||b|) table small on 100k replies)."""
-    if not a and not b:
-        return 1.0
-    if len(a) > 3 * len(b) + 3 or len(b) > 3 * len(a) + 3:
-        return 0.0
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return 1.0 - prev[-1] / max(len(a), len(b))
-
-
-def route_parts(text, vocabulary):
-    """(turns, marks) of a route text. vocabulary=True: marks are the landmark / scenery events of the closed
-    vocabulary and only vocabulary turns count (our world's rows); False: marks are the free content words
-    other than motion words, turns include free direction words (the authors' free-text rows)."""
-    events, turns, words = parse_route(text)
-    if vocabulary:
-        return [e for e in events if e in EVENT_TURNS], [e for e in events if e.startswith(("pass ", "see "))]
-    motion = {"turn", "go", "walk", "straight", "continue", "move", "head", "proceed", "keep"}
-    return turns, [w for w in words if w not in motion]
 
 
 # ----------------------------------------------------------------------------- reverse thinking
@@ -193,7 +53,7 @@ _RECALL_START = re.compile(r"let'?s start by thinking (?:forward|reverse)\s*:?",
 def first_recall(text):
     """The first recall of the <think> block: from "Let's start by thinking forward|reverse" (after the
     authors' restated question, which ends in "?") up to "And then think". None without a think block."""
-    span = _tag_span(text, "think")
+    span = tag_span(text, "think")
     if span is None:
         return None
     think = text[span[0]:span[1]]
@@ -208,17 +68,11 @@ def first_recall(text):
     return recall
 
 
-def row_is_reverse(row):
-    """True for a destination -> start question (row["reverse"], else from the question's wording)."""
-    from st_r1.scoring import is_reverse  # scoring imports this module; lazy to avoid a cycle
-    return is_reverse(row)
-
-
 def recall_truth(row):
     """The truth phrases of the OTHER direction for a row: row["events"]["forward" if reverse else "reverse"]
     (our world), else row["recall_truth"] (set by attach_recall_truth for the authors' rows), else None."""
     if isinstance(row.get("events"), dict):
-        return row["events"]["forward" if row_is_reverse(row) else "reverse"]
+        return row["events"]["forward" if is_reverse(row) else "reverse"]
     return row.get("recall_truth")
 
 
@@ -251,31 +105,10 @@ def reverse_thinking_reward(text, row, gate_on_correct=False):
     return seq_similarity(r_turns, t_turns) * seq_similarity(r_marks, t_marks)
 
 
-def parse_options(problem):
-    """{"A": text, ...} from an authors' problem: "... Options: A. x, B. y, C. z\\n\\nInstructions: ..."."""
-    i = problem.find("Options:")
-    if i < 0:
-        return {}
-    body = problem[i + len("Options:"):]
-    k = body.find("\n\nInstructions")
-    body = body[:k] if k >= 0 else body
-    starts = [(body.find("A. "), "A")]
-    for letter in "BCD":
-        p = body.find(f", {letter}. ", starts[-1][0] + 1)
-        if p < 0:
-            break
-        starts.append((p + 2, letter))
-    if starts[0][0] < 0:
-        return {}
-    ends = [p - 2 for p, _ in starts[1:]] + [len(body)]
-    return {letter: body[p + 3:e].strip() for (p, letter), e in zip(starts, ends)}
-
-
 def reverse_truth_from_pairs(rows):
     """Truth for the authors' rows, aligned with rows: for each row, [gold option text] of the same task's
     question about the same video asked in the OTHER direction, or None when the video has none (the
     authors' bench pairs only some questions: 26 of the 126 fixture rows find a partner)."""
-    from st_r1.scoring import is_reverse, task_of
     out = []
     for row in rows:
         cands = [r for r in rows if r is not row and r.get("video") == row.get("video")
@@ -304,9 +137,8 @@ def attach_recall_truth(rows):
 
 
 def route_reward(text, row):
-    """The deterministic rubric of scoring.py (mean of direction, landmark, semantic, each 0-5) on the <answer>
+    """The deterministic rubric of rubric.py (mean of direction, landmark, semantic, each 0-5) on the <answer>
     description, divided by 5. 0.0 for rows with a gold letter (multiple choice) or no <answer> block."""
-    from st_r1.scoring import rubric_score
     if row_gold(row) is not None:
         return 0.0
     return rubric_score(text, row)["score"] / 5.0

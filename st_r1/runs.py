@@ -1,5 +1,7 @@
-"""A run folder (--out) and the integrity of its checkpoints: one run per folder, a log that matches the resumed
-weights, and a sha256 per checkpoint file so that flipped bytes are found at load time and not as a NaN loss later."""
+"""A run folder (--out) and the integrity of its checkpoints.
+
+One run per folder, a log that matches the resumed weights, and a sha256 per checkpoint file so that flipped bytes
+are found at load time and not as a NaN loss later."""
 import hashlib
 import json
 import os

@@ -1,6 +1,7 @@
-"""Ego-ST Bench scoring: multiple-choice accuracy per task and direction with 95% Wilson intervals, and the
-paper's route-description rubric (direction, landmark, semantic, each 0-5), computed deterministically or
-asked of an OpenAI-compatible chat endpoint."""
+"""Ego-ST Bench scores: accuracy per task and direction with 95% intervals, route rubrics, the judge, the table.
+
+Multiple-choice accuracy with Wilson intervals and the route rubric (rubric.py, deterministic, or asked of an
+OpenAI-compatible chat endpoint), under our strict protocol and the paper's; the per-part markdown table."""
 import json
 import math
 import re
@@ -8,48 +9,10 @@ import urllib.error
 import urllib.request
 from collections import Counter
 
-from st_r1.rewards import _STOP, answer_letter, extract_answer, parse_route, route_parts, row_gold, seq_similarity
+from st_r1.answers import answer_letter, extract_answer, is_reverse, question_of, reference_of, row_gold, task_of
+from st_r1.rubric import paper_rubric, rubric_score
 
 TASKS = ("route", "direction", "landmark", "action")
-
-# ----------------------------------------------------------------------------- what a row asks
-
-
-def _question(row):
-    q = str(row.get("original_question") or row.get("problem") or "")
-    i = q.find("Options:")
-    return (q[:i] if i >= 0 else q).lower()
-
-
-def task_of(row):
-    """row["task"] (our rows, the official release's), else from the authors' wording. A row without a gold letter
-    asks for a route, whatever words its question uses ("describe the route, with its directions"); a multiple-choice
-    row asks what the first of "direction", "landmark", "action" in its question names; else "other"."""
-    if row.get("task"):
-        return row["task"]
-    if row_gold(row) is None:
-        return "route"
-    q = _question(row)
-    named = sorted((q.find(word), word) for word in ("direction", "landmark", "action") if word in q)
-    return named[0][1] if named else "other"
-
-
-# where the asked walk goes: "to (the) starting point", "back to the start", "reach your destination", ...; a
-# bare "start" counts only with an article ("you need to start walking" names no goal)
-_GOAL_RE = re.compile(r"\b(?:to|reach|reaching)\s+(?:(the|your)\s+)?(starting\s+point|start(?:\s+point)?|destination"
-                      r"|end\s*point|goal)\b")
-
-
-def is_reverse(row):
-    """row["reverse"] (our rows, the official release's), else True when the last goal the question names is the
-    start ("get to starting point", "return to the starting point", "back to the start"), False when it is the
-    destination: a forward question that mentions the start ("from the starting point to your destination") is
-    forward."""
-    if "reverse" in row:
-        return bool(row["reverse"])
-    goals = [m.group(2) for m in _GOAL_RE.finditer(_question(row)) if m.group(1) or m.group(2) != "start"]
-    return bool(goals) and goals[-1].startswith("start")
-
 
 # ----------------------------------------------------------------------------- statistics
 
@@ -66,13 +29,14 @@ def wilson(k, n, z=1.96):
     return max(0.0, center - half), min(1.0, center + half)
 
 
-def _acc_stat(flags):
+def acc_stat(flags):
+    """Accuracy of a list of right / wrong flags, with its 95% Wilson interval."""
     k, n = sum(flags), len(flags)
     lo, hi = wilson(k, n)
     return {"n": n, "correct": k, "accuracy": k / n if n else None, "ci_low": lo, "ci_high": hi}
 
 
-def _mean_stat(items):
+def mean_stat(items):
     """Mean of each rubric part; 95% normal interval of the mean total score."""
     n = len(items)
     out = {"n": n}
@@ -82,56 +46,6 @@ def _mean_stat(items):
         sd = math.sqrt(sum((it["score"] - out["score"]) ** 2 for it in items) / max(n - 1, 1))
         out["ci_low"], out["ci_high"] = out["score"] - 1.96 * sd / math.sqrt(n), out["score"] + 1.96 * sd / math.sqrt(n)
     return out
-
-
-# ----------------------------------------------------------------------------- route rubric
-
-
-def reference_of(row):
-    """(reference text, vocabulary?) of a route row: our events of the asked direction joined as the CoT
-    joins them, else the authors' reference description in original_answer."""
-    if isinstance(row.get("events"), dict):
-        return ", then ".join(row["events"]["reverse" if is_reverse(row) else "forward"]), True
-    return str(row.get("original_answer", "")), False
-
-
-def _content_words(text):
-    return [w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOP]
-
-
-def bag_f1(a, b):
-    """F1 of the multiset overlap of two word lists (SQuAD's token F1); 1.0 when both are empty."""
-    if not a and not b:
-        return 1.0
-    common = sum((Counter(a) & Counter(b)).values())
-    if common == 0:
-        return 0.0
-    p, r = common / len(a), common / len(b)
-    return 2 * p * r / (p + r)
-
-
-def rubric(description, reference, vocabulary):
-    """The paper's three-part rubric, made deterministic (each 0-5, score = their mean):
-      direction = 5 * S(turns),  landmark = 5 * S(landmarks and scenery changes),
-      semantic  = 5 * F1(content words of description vs reference),
-    S = 1 - normalised Levenshtein distance on the ordered units (rewards.seq_similarity), units read by
-    rewards.route_parts (closed vocabulary on our rows, free words on the authors')."""
-    d_turns, d_marks = route_parts(description, vocabulary)
-    r_turns, r_marks = route_parts(reference, vocabulary)
-    out = {"direction": 5 * seq_similarity(d_turns, r_turns),
-           "landmark": 5 * seq_similarity(d_marks, r_marks),
-           "semantic": 5 * bag_f1(_content_words(description), _content_words(reference))}
-    out["score"] = (out["direction"] + out["landmark"] + out["semantic"]) / 3
-    return out
-
-
-def rubric_score(text, row):
-    """rubric() of the reply's <answer> description against the row's reference; all 0 without one <answer>."""
-    description = extract_answer(text)
-    if not description:
-        return {"direction": 0.0, "landmark": 0.0, "semantic": 0.0, "score": 0.0}
-    reference, vocabulary = reference_of(row)
-    return rubric(description, reference, vocabulary)
 
 
 # ----------------------------------------------------------------------------- the paper's protocol
@@ -151,25 +65,6 @@ def paper_letter(text):
     """The paper's answer letter (the authors' extract_choice): the first capital A-D character of paper_answer. Its
     leading-letter regex is subsumed by this; the rule reads "Based on the video" as B, and "A or B" as A."""
     return next((c for c in paper_answer(text) if c in "ABCD"), None)
-
-
-def paper_rubric(description, reference, vocabulary):
-    """A deterministic stand-in for the paper's judge, with its asymmetries (each 0-5, score = their mean):
-      direction = 5 * (1 - turns of the description absent from the reference / its turns): the judge lowers this
-                  part for direction changes the reference does not have, so a description with no turn keeps 5;
-      landmark  = 5 * (reference landmarks the description names / reference landmarks): missing ones cost,
-                  extra ones do not;
-      semantic  = 5 * F1(content words), as in rubric().
-    Counted as multisets: the judge's description says nothing of order (ours, rubric(), is order-aware)."""
-    d_turns, d_marks = route_parts(description, vocabulary)
-    r_turns, r_marks = route_parts(reference, vocabulary)
-    extra = sum((Counter(d_turns) - Counter(r_turns)).values())
-    missing = sum((Counter(r_marks) - Counter(d_marks)).values())
-    out = {"direction": 5 * (1 - extra / len(d_turns)) if d_turns else 5.0,
-           "landmark": 5 * (1 - missing / len(r_marks)) if r_marks else 5.0,
-           "semantic": 5 * bag_f1(_content_words(description), _content_words(reference))}
-    out["score"] = (out["direction"] + out["landmark"] + out["semantic"]) / 3
-    return out
 
 
 def route_score(text, row, protocol="strict"):
@@ -345,19 +240,19 @@ def score_rows(rows, predictions, protocol="strict", judge_url=None, judge_model
                     if protocol == "paper":  # the paper's judge: the question too, untagged replies whole
                         rec["judge"] = judge_rubric(paper_answer(text), reference, judge_url, judge_model,
                                                     judge_timeout, judge_key, question=row.get("question")
-                                                    or _question(row))
+                                                    or question_of(row))
                     else:
                         rec["judge"] = judge_rubric(extract_answer(text), reference, judge_url, judge_model,
                                                     judge_timeout, judge_key)
                     for g in groups:
                         judge.setdefault(g, []).append(rec["judge"])
         per_row.append(rec)
-    by = {p: {"overall": _acc_stat(mcq[p].get("overall", [])), "mcq": {g: _acc_stat(v) for g, v in mcq[p].items()},
-              "route": {g: _mean_stat(v) for g, v in route[p].items()}} for p in PROTOCOLS}
+    by = {p: {"overall": acc_stat(mcq[p].get("overall", [])), "mcq": {g: acc_stat(v) for g, v in mcq[p].items()},
+              "route": {g: mean_stat(v) for g, v in route[p].items()}} for p in PROTOCOLS}
     out = dict(protocol=protocol, **by[protocol], by_protocol=by, no_gold=dict(no_gold), skipped=skipped,
                missing=sum(r["missing"] for r in per_row), rows=per_row)
     if judge_url:
-        out["judge"] = {g: _mean_stat(v) for g, v in judge.items()}
+        out["judge"] = {g: mean_stat(v) for g, v in judge.items()}
     return out
 
 

@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from st_r1 import checkpoint as C  # noqa: E402
 from st_r1 import dist as D  # noqa: E402
+from st_r1 import training  # noqa: E402
 from st_r1.lora import apply_lora  # noqa: E402
 
 
@@ -33,7 +35,7 @@ class Block(nn.Module):
 
 
 class ToyLM(nn.Module):
-    """Shaped like VideoLM where dist.py cares: config dict, from_config / save_pretrained /
+    """Shaped like VideoLM where checkpoint.py cares: config dict, from_config / save_pretrained /
     from_pretrained, an on-disk naming different from the in-memory one, tied output layer."""
 
     def __init__(self, config):
@@ -113,11 +115,11 @@ def train(args, d):
     except OSError:
         pass
     opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
-    sched = D.cosine_schedule(opt, 2, args.steps)
+    sched = training.cosine_schedule(opt, 2, args.steps)
     D.seed_everything(args.seed, d.rank)
     start, losses = 0, []
     if args.resume:
-        extra = D.load_checkpoint(args.run_dir, model, opt, sched)
+        extra = C.load_checkpoint(args.run_dir, model, opt, sched)
         if extra is not None:
             start, losses = extra["step"], extra["losses"]
     for step in range(start, args.steps):
@@ -138,7 +140,7 @@ def train(args, d):
         opt.zero_grad(set_to_none=True)
         losses.append(D.all_reduce_mean(total))
         if args.save_every and (step + 1) % args.save_every == 0:
-            D.save_checkpoint(args.run_dir, step + 1, model, opt, sched, {"step": step + 1, "losses": losses})
+            C.save_checkpoint(args.run_dir, step + 1, model, opt, sched, {"step": step + 1, "losses": losses})
     mem = dict(rank=d.rank, rss_after_wrap_mb=rss0, peak_rss_train_mb=_proc_status_mb("VmHWM"),
                params_mb=local_bytes(model.parameters()) / 2**20,
                grads_mb=local_bytes(p.grad for p in params if p.grad is not None) / 2**20,
@@ -176,11 +178,11 @@ def main():
     with D.distributed() as d:
         torch.set_num_threads(1)
         model, losses, mem = train(args, d)
-        sd = D.full_state_dict(model)
+        sd = C.full_state_dict(model)
         print(json.dumps(mem), flush=True)
         if d.is_main and args.out:
             os.makedirs(args.out, exist_ok=True)
-            save_file(D._owned(sd), os.path.join(args.out, "final.safetensors"))
+            save_file(C._owned(sd), os.path.join(args.out, "final.safetensors"))
             with open(os.path.join(args.out, "losses.json"), "w") as f:
                 json.dump(losses, f)
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from bench import pretrain_base as P
-from st_r1 import data, tiny, world
+from st_r1 import data, render, tiny, world
 from st_r1.model import VideoLM
 
 BASE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "tiny-base")
@@ -35,7 +35,7 @@ def test_shipped_base_narrates_held_out_walks_better_than_a_random_model():
 
 def test_pretraining_data_never_holds_the_bench():
     rng = np.random.default_rng(0)
-    route_words = {"walk", "turn", "pass", "left", "right", "route", "landmark", *world.COLOURS, *world.OBJECTS}
+    route_words = {"walk", "turn", "pass", "left", "right", "route", "landmark", *render.COLOURS, *render.OBJECTS}
     vocab = P.lookup_vocab(data.load_tokenizer(BASE))
     assert len(vocab) > 300  # hundreds of words: the lookup cannot be learnt one word at a time
     for _ in range(300):

@@ -13,7 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from st_r1 import checkpoint as C
 from st_r1 import dist as D
+from st_r1 import training
 from conftest import run_bounded  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +54,7 @@ def _in_process(argv):
         model, losses, _ = W.train(W.parse([str(a) for a in argv]), d)
     finally:
         torch.set_num_threads(threads)
-    return losses, {k: v.clone() for k, v in D.full_state_dict(model).items()}
+    return losses, {k: v.clone() for k, v in C.full_state_dict(model).items()}
 
 
 def _assert_same(out_dir, losses, sd, tol=1e-5):
@@ -109,7 +111,7 @@ def test_resume_after_kill_equals_unbroken_run(tmp_path):
     losses, sd = _in_process(args + ["--run-dir", tmp_path / "a"])
     p = _launch(args + ["--run-dir", tmp_path / "b", "--die-at", "3"], nproc=1)
     assert p.returncode == 3, p.stderr[-2000:]
-    assert [os.path.basename(c) for c in D.list_checkpoints(tmp_path / "b")] == ["ckpt-00000002"]
+    assert [os.path.basename(c) for c in C.list_checkpoints(tmp_path / "b")] == ["ckpt-00000002"]
     got_losses, got = _in_process(args + ["--run-dir", tmp_path / "b", "--resume"])
     assert got_losses == losses
     for k in sd:
@@ -121,24 +123,24 @@ def test_killed_save_leaves_previous_checkpoint(tmp_path, where):
     run_dir = tmp_path / "run"
     p = _launch(BASE + ["--run-dir", run_dir], nproc=1, env={"ST_R1_CKPT_CRASH": f"{where}:4"})
     assert p.returncode == 17, p.stderr[-2000:]
-    assert D.latest_checkpoint(run_dir).endswith("ckpt-00000002")
+    assert C.latest_checkpoint(run_dir).endswith("ckpt-00000002")
     model = W.ToyLM.from_config(dict(vocab=32, dim=16, n_blocks=2))
     opt = torch.optim.AdamW(model.parameters())
-    extra = D.load_checkpoint(run_dir, model, opt)
+    extra = C.load_checkpoint(run_dir, model, opt)
     assert extra["step"] == 2 and len(extra["losses"]) == 2
     saved = W.ToyLM.from_pretrained(os.path.join(run_dir, "ckpt-00000002", "model")).state_dict()
     for k, v in model.state_dict().items():
         assert torch.equal(v, saved[k]), k
     assert len(opt.state) == len(list(model.parameters()))
     # the next save cleans the half-written directory and replaces a complete one of the same step
-    D.save_checkpoint(run_dir, 4, model, opt, extra={"step": 4})
+    C.save_checkpoint(run_dir, 4, model, opt, extra={"step": 4})
     assert sorted(os.listdir(run_dir)) == ["ckpt-00000002", "ckpt-00000004", "latest"]
 
 
 def test_checkpoint_is_safetensors_and_json_only(reference):
     run_dir, _, sd = reference
-    assert [os.path.basename(c) for c in D.list_checkpoints(run_dir)] == ["ckpt-00000002", "ckpt-00000004"]
-    ckpt = D.latest_checkpoint(run_dir)
+    assert [os.path.basename(c) for c in C.list_checkpoints(run_dir)] == ["ckpt-00000002", "ckpt-00000004"]
+    ckpt = C.latest_checkpoint(run_dir)
     files = [os.path.join(r, f) for r, _, fs in os.walk(ckpt) for f in fs]
     assert len(files) >= 9
     for f in files:
@@ -151,7 +153,7 @@ def test_checkpoint_is_safetensors_and_json_only(reference):
         else:
             assert f.endswith(".safetensors"), f
             load_file(f)
-    src = open(os.path.join(ROOT, "st_r1", "dist.py")).read()
+    src = open(os.path.join(ROOT, "st_r1", "checkpoint.py")).read()
     assert "torch.save(" not in src and "torch.load(" not in src and "import pickle" not in src
     # the model folder is what from_pretrained reads (on-disk names "model.layers.*")
     assert any(k.startswith("model.layers.") for k in load_file(os.path.join(ckpt, "model", "model.safetensors")))
@@ -183,7 +185,7 @@ def test_lora_checkpoint_merges_and_resumes(tmp_path):
 
 def test_cosine_schedule():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = D.cosine_schedule(opt, warmup_steps=2, total_steps=10, min_ratio=0.1)
+    sched = training.cosine_schedule(opt, warmup_steps=2, total_steps=10, min_ratio=0.1)
     lrs = []
     for _ in range(12):
         lrs.append(opt.param_groups[0]["lr"])
@@ -193,7 +195,7 @@ def test_cosine_schedule():
     assert lrs[6] == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the decay
     assert lrs[10:] == pytest.approx([0.1, 0.1])
     state = json.loads(json.dumps(sched.state_dict()))
-    sched2 = D.cosine_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 2, 10)
+    sched2 = training.cosine_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 2, 10)
     sched2.load_state_dict(state)
     assert sched2.get_last_lr() == sched.get_last_lr()
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 
 import evaluate
-from st_r1 import cli
+from st_r1 import cli, predictions
 
 FWD = ["walk straight", "pass the red door", "turn left"]
 REV = ["turn around", "turn right", "pass the red door", "walk straight"]
@@ -153,10 +153,10 @@ def test_read_predictions_repairs_only_a_line_that_does_not_parse(tmp_path, caps
     # a whole last line without its newline is a prediction like any other, never dropped (issue 15, item 5)
     text = '{"index": 1, "prediction": "a"}\n{"index": 0, "prediction": "c"}'
     p.write_text(text)
-    assert evaluate.read_predictions(str(p), 3, repair_tail=True) == {0: "c", 1: "a"}
+    assert predictions.read_predictions(str(p), 3, repair_tail=True) == {0: "c", 1: "a"}
     assert p.read_text() == text
     p.write_text(text + '\n{"index": 2, "predic')  # a write cut short: removed, and said so
-    assert evaluate.read_predictions(str(p), 3, repair_tail=True) == {0: "c", 1: "a"}
+    assert predictions.read_predictions(str(p), 3, repair_tail=True) == {0: "c", 1: "a"}
     assert p.read_text() == text + "\n" and "p.jsonl:3: the last line does not parse" in capsys.readouterr().err
 
 
@@ -170,7 +170,7 @@ def test_duplicate_or_ambiguous_indices_are_errors(tmp_path, lines, why):
     """Issue 15, item 6: the same file must not score 75% or 100% depending on its line order."""
     (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=why):
-        evaluate.read_predictions(str(tmp_path / "p.jsonl"), 5)
+        predictions.read_predictions(str(tmp_path / "p.jsonl"), 5)
 
 
 def test_limit_ignores_predictions_past_it(tmp_path, monkeypatch):

@@ -12,7 +12,8 @@ from conftest import ROOT
 import evaluate
 import train_grpo
 import train_sft
-from st_r1 import cli, data, runs, scoring
+from st_r1 import checkpoint as C
+from st_r1 import cli, data, predictions, runs, scoring
 from st_r1 import dist as D
 
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -56,7 +57,7 @@ def test_rows_too_long_for_the_model_are_skipped_or_wrong(capsys):
     assert [r["_line"] for r, _ in good] == [1]
     assert bad[0][0] == 2 and "over the limit of 1000" in bad[0][1]
     made = []
-    out = evaluate.predict(torch.nn.Linear(1, 1), FakeTok(), [huge], enc, on_prediction=lambda i, t, error=None:
+    out = predictions.predict(torch.nn.Linear(1, 1), FakeTok(), [huge], enc, on_prediction=lambda i, t, error=None:
                            made.append((i, t, error)), source="bench.jsonl")
     assert out == [None] and made[0][1] is None and "over the limit" in made[0][2]
     assert "bench.jsonl:2: " in capsys.readouterr().err
@@ -133,7 +134,7 @@ def toy_run(run_dir):
     model = W.ToyLM.from_config(dict(vocab=32, dim=16, n_blocks=2))
     opt = torch.optim.AdamW(model.parameters())
     for step in (2, 4):
-        D.save_checkpoint(str(run_dir), step, model, opt, extra={"step": step})
+        C.save_checkpoint(str(run_dir), step, model, opt, extra={"step": step})
     return model, opt
 
 
@@ -149,8 +150,8 @@ def test_a_corrupt_checkpoint_is_named_and_the_previous_one_offered(tmp_path, wh
     path.write_bytes(bytes(raw))
     with pytest.raises(runs.CheckpointError, match=f"ckpt-00000004/{name}: corrupt .*"
                                                    f"--resume-from {tmp_path}/ckpt-00000002"):
-        D.load_checkpoint(str(tmp_path), model, opt)
-    assert D.load_checkpoint(str(tmp_path), model, opt, path=str(tmp_path / "ckpt-00000002"))["step"] == 2
+        C.load_checkpoint(str(tmp_path), model, opt)
+    assert C.load_checkpoint(str(tmp_path), model, opt, path=str(tmp_path / "ckpt-00000002"))["step"] == 2
 
 
 def test_bad_flags_are_refused_at_start_by_name():

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from st_r1 import dist, grpo, lora, precision
+from st_r1 import checkpoint, grpo, lora, precision
 from st_r1.cli import UserError
 from st_r1.generate import generate
 from st_r1.model import VideoLM
+from st_r1.training import sft_loss
 from test_train import common, final, log, run, tiny  # noqa: F401  (tiny: the module's fixture)
-from train_sft import sft_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
@@ -250,11 +250,11 @@ def test_resume_restores_fp32_master_weights_of_a_bf16_checkpoint(tmp_path):
     model, _ = make("qwen2_5_vl", "bf16-mixed")
     model.config["torch_dtype"] = "bfloat16"
     want = {k: v.clone() for k, v in model.state_dict().items()}
-    dist.save_checkpoint(str(tmp_path), 1, model, None)
+    checkpoint.save_checkpoint(str(tmp_path), 1, model, None)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
-    dist.load_checkpoint(str(tmp_path), model)
+    checkpoint.load_checkpoint(str(tmp_path), model)
     for k, v in model.state_dict().items():
         assert v.dtype == torch.float32 and torch.equal(v, want[k]), k
 

@@ -6,6 +6,7 @@ import time
 import pytest
 from conftest import FIXTURES
 
+from st_r1 import answers as A
 from st_r1 import rewards as R
 
 FWD = ["walk straight", "pass the red door", "turn left", "see the walls change from brick to wood", "turn right",
@@ -104,7 +105,7 @@ def test_format(text, want):
     ("<answer>Ｂ</answer>", None),                                # full-width B
 ])
 def test_answer_letter(text, want):
-    assert R.answer_letter(text) == want
+    assert A.answer_letter(text) == want
 
 
 def test_accuracy_gold_letter_or_solution():
@@ -162,7 +163,7 @@ def test_long_and_hostile_replies_are_fast():
 
 def test_recall_parser_reads_the_first_recall_only():
     text = world_reply(FWD, REV)
-    events, turns, _ = R.parse_route(R.first_recall(text))
+    events, turns, _ = A.parse_route(R.first_recall(text))
     assert events == FWD
     assert turns == ["turn left", "turn right", "turn left"]
 
@@ -215,12 +216,12 @@ def test_reverse_truth_from_authors_pairs():
 
 def test_parse_options_of_authors_problem():
     rows = fixture_rows()
-    opts = R.parse_options(rows[0]["problem"])
+    opts = A.parse_options(rows[0]["problem"])
     assert opts == {"A": "Turn right continue down the road circle back around.",
                     "B": "Turn left approach the endpoint eventually turn around",
                     "C": "Turn right continue on the new path arrive at the goal",
                     "D": "Walk straight return to the starting point"}
-    assert sorted(R.parse_options(rows[4]["problem"])) == ["A", "B", "C"]
+    assert sorted(A.parse_options(rows[4]["problem"])) == ["A", "B", "C"]
 
 
 # ----------------------------------------------------------------------------- route, table, weights
@@ -282,7 +283,7 @@ def test_every_world_solution_scores_one(tmp_path):
 @pytest.mark.parametrize("answer", ["B. or A is possible", "B. Ｃ", "B, maybe", "B. Turn left?", "B. probably"])
 def test_hedges_after_the_letter_score_zero(answer):
     """Issue 15, item 19: the README says hedges score 0; a full-width letter is a second letter."""
-    assert R.answer_letter(f"<answer>{answer}</answer>") is None
+    assert A.answer_letter(f"<answer>{answer}</answer>") is None
     assert R.accuracy_reward(f"<think>t</think> <answer>{answer}</answer>", "<answer>B</answer>") == 0.0
 
 

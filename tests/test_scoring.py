@@ -8,6 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from conftest import FIXTURES
 
+from st_r1 import answers as A
+from st_r1 import rubric as RB
 from st_r1 import scoring as S
 
 FWD = ["walk straight", "pass the red door", "turn left", "see the walls change from brick to wood", "turn right"]
@@ -36,12 +38,12 @@ def test_wilson_hand_computed():
 
 def test_task_and_direction_of_authors_rows():
     rows = fixture_rows()
-    kinds = Counter((S.task_of(r), S.is_reverse(r)) for r in rows)
+    kinds = Counter((A.task_of(r), A.is_reverse(r)) for r in rows)
     # the five kinds of the fixture README, counted by hand from the question wording
     assert kinds == {("direction", False): 28, ("direction", True): 25, ("landmark", False): 34,
                      ("landmark", True): 19, ("action", True): 20}
     ours = {"task": "route", "reverse": True, "problem": "to your destination"}
-    assert S.task_of(ours) == "route" and S.is_reverse(ours) is True
+    assert A.task_of(ours) == "route" and A.is_reverse(ours) is True
 
 
 def test_score_rows_hand_counted():
@@ -79,25 +81,25 @@ def test_fixture_solutions_score_100_percent():
 def test_rubric_deterministic():
     row = {"task": "route", "reverse": True, "events": {"forward": FWD, "reverse": REV}, "original_answer": "x"}
     exact = reply("I " + ", then ".join(REV) + ".")
-    r = S.rubric_score(exact, row)
+    r = RB.rubric_score(exact, row)
     assert r == {"direction": 5.0, "landmark": 5.0, "semantic": 5.0, "score": 5.0}
     # forward route given to a reverse question: turns around,L,R vs L,R -> 1 edit of 3; marks reversed order
     # (door, walls b->w) vs (walls w->b, door) -> 2 edits of 2
-    r = S.rubric_score(reply("I " + ", then ".join(FWD)), row)
+    r = RB.rubric_score(reply("I " + ", then ".join(FWD)), row)
     assert r["direction"] == pytest.approx(5 * 2 / 3) and r["landmark"] == 0.0
-    assert S.rubric_score("no tags at all", row)["score"] == 0.0
+    assert RB.rubric_score("no tags at all", row)["score"] == 0.0
     # the authors' free-text references: direction words and content words
     authors = {"original_answer": "Turn back, go straight, turn right at the red door", "reverse": True}
-    assert S.task_of(authors) == "route"
-    r = S.rubric_score(reply("turn back, go straight, turn right at the red door"), authors)
+    assert A.task_of(authors) == "route"
+    r = RB.rubric_score(reply("turn back, go straight, turn right at the red door"), authors)
     assert r["score"] == pytest.approx(5.0)
-    r = S.rubric_score(reply("turn back, go straight, turn left at the red door"), authors)
+    r = RB.rubric_score(reply("turn back, go straight, turn left at the red door"), authors)
     assert r["direction"] == pytest.approx(5 * (1 - 1 / 2)) and r["landmark"] == 5.0
 
 
 def test_bag_f1():
-    assert S.bag_f1(["a", "b", "b"], ["b", "c"]) == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
-    assert S.bag_f1([], []) == 1.0 and S.bag_f1(["a"], []) == 0.0
+    assert RB.bag_f1(["a", "b", "b"], ["b", "c"]) == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
+    assert RB.bag_f1([], []) == 1.0 and RB.bag_f1(["a"], []) == 0.0
 
 
 # ----------------------------------------------------------------------------- LLM judge on a local server
@@ -185,24 +187,24 @@ def test_wording_of_real_questions_without_labels():
     # a forward question that mentions the start is forward; the goal it names last decides
     fwd = {"problem": "Based on this video, starting from the starting point, what directions do you need to go "
                       "through to get to your destination? Options: A. x, B. y", "original_answer": "A"}
-    assert S.is_reverse(fwd) is False and S.task_of(fwd) == "direction"
+    assert A.is_reverse(fwd) is False and A.task_of(fwd) == "direction"
     back = {"problem": "Starting at your destination, how do you get back to the starting point?"}
-    assert S.is_reverse(back) is True
-    assert S.is_reverse({"problem": "What do you need to start doing to reach the goal?"}) is False
+    assert A.is_reverse(back) is True
+    assert A.is_reverse({"problem": "What do you need to start doing to reach the goal?"}) is False
     # a route question (no gold letter) that mentions directions asks for a route
     route = {"problem": "Based on this video, describe the route from the starting point to your destination, with "
                         "the directions you take.", "original_answer": "Turn left at the door."}
-    assert S.task_of(route) == "route" and S.is_reverse(route) is False
+    assert A.task_of(route) == "route" and A.is_reverse(route) is False
     # a multiple-choice question is read by the first task word it names
     mixed = {"problem": "Which landmarks did you pass, whatever direction you took? Options: A. x",
              "original_answer": "A"}
-    assert S.task_of(mixed) == "landmark"
+    assert A.task_of(mixed) == "landmark"
 
 
 def test_630_authors_rows_keep_their_labels_and_score_100_under_both_protocols():
     with open(os.path.join(FIXTURES, "ego_st_r1_mcq_630.jsonl")) as f:
         rows = [json.loads(line) for line in f]
-    kinds = Counter((S.task_of(r), S.is_reverse(r)) for r in rows)
+    kinds = Counter((A.task_of(r), A.is_reverse(r)) for r in rows)
     # the five question kinds of the fixture README, counted from the wording
     assert kinds == {("direction", False): 143, ("direction", True): 143, ("landmark", False): 172,
                      ("landmark", True): 92, ("action", True): 80}
@@ -225,20 +227,20 @@ def test_untagged_letter_is_right_under_paper_wrong_under_strict():
     assert s["protocol"] == "strict" and s["overall"]["correct"] == 1
     assert S.score_rows(rows, preds, protocol="paper")["overall"]["correct"] == 3
     assert S.paper_letter("Based on the video, C") == "B"  # the authors' rule, as it is
-    assert S.paper_letter("no letter here") is None and S.answer_letter("B") is None
+    assert S.paper_letter("no letter here") is None and A.answer_letter("B") is None
 
 
 def test_extra_landmark_costs_nothing_under_paper_missing_one_does():
     reference = "walk straight, pass the red door, turn left, pass the blue sofa"
     extra = reference + ", pass the green plant"
-    strict, paper = S.rubric(extra, reference, True), S.paper_rubric(extra, reference, True)
+    strict, paper = RB.rubric(extra, reference, True), RB.paper_rubric(extra, reference, True)
     assert paper["landmark"] == 5.0 and strict["landmark"] == pytest.approx(5 * 2 / 3)
     missing = "walk straight, pass the red door, turn left"
-    assert S.paper_rubric(missing, reference, True)["landmark"] == pytest.approx(2.5)
+    assert RB.paper_rubric(missing, reference, True)["landmark"] == pytest.approx(2.5)
     # a direction change the reference lacks costs; order does not (the judge's description says nothing of it)
-    assert S.paper_rubric(reference + ", turn right", reference, True)["direction"] == pytest.approx(2.5)
+    assert RB.paper_rubric(reference + ", turn right", reference, True)["direction"] == pytest.approx(2.5)
     swapped = "walk straight, pass the blue sofa, turn left, pass the red door"
-    assert S.paper_rubric(swapped, reference, True)["landmark"] == 5.0 and S.rubric(swapped, reference, True)[
+    assert RB.paper_rubric(swapped, reference, True)["landmark"] == 5.0 and RB.rubric(swapped, reference, True)[
         "landmark"] == 0.0
 
 

@@ -112,7 +112,7 @@ def test_grpo_two_ranks_equal_one_process(tiny, tmp_path):
 def with_bad_videos(tiny, path, bad_at, batch_size):
     """The tiny train rows with the video of the rows at (step, batch position) in bad_at replaced by a missing
     file. Returns the --train-file / --video-root flags."""
-    from train_sft import batch_rows
+    from st_r1.training import batch_rows
     rows = [json.loads(line) for line in open(tiny / "bench" / "train.jsonl")]
     order = list(range(len(rows)))
     for step, pos in bad_at:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from st_r1 import render as RD
 from st_r1 import world as W
 
 SEEDS = [(0, "train", i) for i in range(12)] + [(1, "test", i) for i in range(12)]
@@ -21,9 +22,9 @@ def _beside(w, p, th):
     """Wall material right beside the camera (one ray cast to each side into the rendered world; a side with an
     opening is ignored), or None in an intersection."""
     for side in (-1, 1):
-        hit = W.cast(w, (p[0], p[1], th + side * math.pi / 2), 1)
+        hit = RD.cast(w, (p[0], p[1], th + side * math.pi / 2), 1)
         if hit["dist"][0] < 0.75:
-            return W.MATERIALS[w.mat[hit["oy"][0], hit["ox"][0]]]
+            return RD.MATERIALS[w.mat[hit["oy"][0], hit["ox"][0]]]
     return None
 
 
@@ -138,7 +139,7 @@ def test_options_give_nothing_away_without_the_video():
     """Every option set is a symmetric design (one event with four values, or two events with two values each, all
     four combinations), so the truth is not the set's centre: a text-only guess that picks the option most similar
     to the others (the near-miss distractors of before made that the truth every time) stays at chance."""
-    from st_r1.rewards import seq_similarity
+    from st_r1.rubric import seq_similarity
     hits = n = 0
     for i in range(60):
         w = W.world_for(5, "train", i, frames=16)
@@ -163,7 +164,7 @@ def test_turns_and_landmarks_visible_in_sampled_frames(worlds):
         picked = W.sample_positions(64)
         seen = set()
         for f in picked:
-            img, lm = W.render(w, cams[f])
+            img, lm = RD.render(w, cams[f])
             assert img.shape == (112, 112, 3) and img.dtype == np.uint8
             # a landmark fills a quarter of the width of at least one sampled frame (not a few far-off pixels)
             seen |= {int(k) for k, n in collections.Counter(lm.tolist()).items() if k >= 0 and n >= 28}
@@ -188,7 +189,7 @@ def test_deterministic_and_disjoint_splits(tmp_path):
     rows = {s: [json.loads(l) for l in open(a[s])] for s in a}
     assert len(rows["train"]) == 32 and len(rows["test"]) == 24
     w1, w2 = W.world_for(3, "train", 1), W.world_for(3, "train", 1)
-    assert np.array_equal(W.render(w1, W.poses(w1, 64)[20])[0], W.render(w2, W.poses(w2, 64)[20])[0])
+    assert np.array_equal(RD.render(w1, W.poses(w1, 64)[20])[0], RD.render(w2, W.poses(w2, 64)[20])[0])
     key = lambda w: (w.grid.tobytes(), tuple(w.path), w.mat.tobytes())
     train = {key(W.world_for(3, "train", i)) for i in range(20)}
     test = {key(W.world_for(3, "test", i)) for i in range(20)}
@@ -209,7 +210,7 @@ def test_mp4_readable_with_expected_frames(tmp_path):
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 64 and frames[0].shape == (112, 112, 3)
     w = W.world_for(0, "test", 0)
-    ref = W.render(w, W.poses(w, 64)[30])[0].astype(int)
+    ref = RD.render(w, W.poses(w, 64)[30])[0].astype(int)
     assert np.abs(frames[30].astype(int) - ref).mean() < 12  # H.264 at crf 18 keeps the picture
 
 

@@ -4,15 +4,15 @@ The model reads one video and the question "which colour is the first landmark y
 cross-entropy over the six colour words at the next position (one token each). Held-out accuracy is reported
 with the true video and with another row's video: equal numbers mean the answer does not depend on the video.
 
-    python bench/see.py --world data/world                  # a bench written by st_r1.world (its first landmark)
-    python bench/see.py --squares 1 --square 28              # control: a coloured 28 px square in 1 of 8 frames
+    python bench/probes/see.py --world data/world                  # a bench written by st_r1.world (its first landmark)
+    python bench/probes/see.py --squares 1 --square 28              # control: a coloured 28 px square in 1 of 8 frames
 
 --squares N writes its own control videos (under --out): noisy grey frames with one square of the answer colour
 in N of the 8 sampled frames (8: in all of them), so that the same model and loop can be checked on an easy case.
 The trained model is saved to {out}/model, so probes chain into a curriculum (bench/RESULTS.md):
 
-    python bench/see.py --squares 8 --square 28 --steps 300 --out runs/see/squares
-    python bench/see.py --world W --model runs/see/squares/model --lr 1e-3 --steps 600 --out runs/see/world
+    python bench/probes/see.py --squares 8 --square 28 --steps 300 --out runs/see/squares
+    python bench/probes/see.py --world W --model runs/see/squares/model --lr 1e-3 --steps 600 --out runs/see/world
 """
 import json
 import os
@@ -25,11 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
-from st_r1 import cli, data, world  # noqa: E402
+from st_r1 import cli, data, render, world  # noqa: E402
 
-COLOURS = list(world.COLOURS)
+COLOURS = list(render.COLOURS)
 
 
 @dataclass
@@ -61,10 +61,10 @@ def square_videos(out, n_train, n_test, shown, side, seed):
             frames = (128 + rng.integers(-30, 30, (16, 112, 112, 3))).astype(np.uint8)
             y, x = rng.integers(0, 113 - side, 2)
             for f in rng.choice(sampled, shown, replace=False):
-                frames[f, y:y + side, x:x + side] = world.COLOURS[c]
+                frames[f, y:y + side, x:x + side] = render.COLOURS[c]
             rows.append(dict(problem="Which colour is the square?", original_answer=c, video=f"videos/{split}-{i}.mp4",
                              events={"forward": [f"pass the {c} box"]}))
-            world.write_mp4(os.path.join(out, rows[-1]["video"]), frames)
+            render.write_mp4(os.path.join(out, rows[-1]["video"]), frames)
         with open(os.path.join(out, f"{split}.jsonl"), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
     return out

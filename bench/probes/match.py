@@ -1,13 +1,13 @@
 """Option matching without video: how much training does the tiny LM need to pick the option that equals a route
-it is told? The text-only half of bench/oracle.py, on rows that are never repeated.
+it is told? The text-only half of bench/probes/oracle.py, on rows that are never repeated.
 
-Every multiple-choice row of a synthetic world, with the true forward route told at the start (bench/oracle.py's
+Every multiple-choice row of a synthetic world, with the true forward route told at the start (bench/probes/oracle.py's
 `tell`), is encoded with no video; the model is trained on the cross-entropy over the four letters at the
 position after "<answer>" (answer-only, one token), on batches drawn from --n-train fresh worlds (6 rows each;
 no rendering: 24,000 rows take about half a minute). Held-out accuracy, per task, every --eval-every steps:
 
-    python bench/match.py                                        # the main job's world settings
-    python bench/match.py --landmarks 1                          # one landmark per walk
+    python bench/probes/match.py                                        # the main job's world settings
+    python bench/probes/match.py --landmarks 1                          # one landmark per walk
 """
 import json
 import os
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
-from bench.oracle import tell  # noqa: E402
+from bench.probes.oracle import tell  # noqa: E402
 from st_r1 import chat, cli, data, world  # noqa: E402
 
 

@@ -1,8 +1,8 @@
 """Does a model read an option's letter off a word it is told? Teacher-forced: the prompt and the target up to
 "word:" are given, and the probe checks which of " A".." D" the model ranks first (chance 25%).
 
-    python bench/lookup_probe.py MODEL_DIR                       # by vocabulary, and on stage 4's lookup rows
-    python bench/lookup_probe.py MODEL_DIR --bench ROWS.jsonl    # rows whose solution says "<word>: <letter>"
+    python bench/probes/lookup_probe.py MODEL_DIR                       # by vocabulary, and on stage 4's lookup rows
+    python bench/probes/lookup_probe.py MODEL_DIR --bench ROWS.jsonl    # rows whose solution says "<word>: <letter>"
 
 By vocabulary: tiny.WORDS (the words the base's lookup was trained on), the tokenizer's other words
 (pretrain_base.lookup_vocab), and the world's colour names (what a landmark question would look up).
@@ -16,11 +16,11 @@ import sys
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import pretrain_base as P  # noqa: E402
-from st_r1 import data, tiny, world  # noqa: E402
+from st_r1 import data, render, tiny  # noqa: E402
 from st_r1.model import VideoLM  # noqa: E402
 
 
@@ -47,8 +47,8 @@ def by_vocabulary(model, tok, letters, vocab, n=64, seed=0):
 def in_pretraining_lists(model, tok, letters, n=150, seed=7):
     """On the stage-4 lookup rows themselves (8-12 words over four options, tiny.WORDS mixed with the world's
     words), every asked word teacher-forced: accuracy by the kind of word asked."""
-    vocab = list(tiny.WORDS) + list(world.COLOURS) + list(world.OBJECTS) + ["left", "right"]
-    kinds = {**{w: "colours" for w in world.COLOURS}, **{w: "objects" for w in world.OBJECTS}, "left": "left/right",
+    vocab = list(tiny.WORDS) + list(render.COLOURS) + list(render.OBJECTS) + ["left", "right"]
+    kinds = {**{w: "colours" for w in render.COLOURS}, **{w: "objects" for w in render.OBJECTS}, "left": "left/right",
              "right": "left/right"}
     rng, right = np.random.default_rng(seed), {}
     for _ in range(n):
@@ -94,5 +94,5 @@ if __name__ == "__main__":
         print(json.dumps({"model": a.model, "bench": a.bench, "right": right, "n": n}))
     else:
         out = {name: by_vocabulary(model, tok, letters, v) for name, v in
-               (("tiny.WORDS", list(tiny.WORDS)), ("other words", P.lookup_vocab(tok)), ("colours", list(world.COLOURS)))}
+               (("tiny.WORDS", list(tiny.WORDS)), ("other words", P.lookup_vocab(tok)), ("colours", list(render.COLOURS)))}
         print(json.dumps({"model": a.model, **out, "in pretraining lists": in_pretraining_lists(model, tok, letters)}))

@@ -5,10 +5,10 @@ Writes a copy of a synthetic bench whose every question starts with the true for
 reads its prompt can then answer every question without seeing anything: accuracy at chance on this copy means
 the bottleneck is not (only) the video. Train and score on it with the usual scripts (bench/RESULTS.md):
 
-    python bench/oracle.py --bench runs/main/world --out runs/oracle/world
+    python bench/probes/oracle.py --bench runs/main/world --out runs/oracle/world
     python train_sft.py --model runs/main/seed0/init --bench runs/oracle/world --steps 150 --out runs/oracle/sft
     python evaluate.py --model runs/oracle/sft/ckpt-00000150/model --bench runs/oracle/world --out runs/oracle/sft.json
-    python bench/oracle.py --out runs/oracle/world --check runs/oracle/sft.predictions.jsonl
+    python bench/probes/oracle.py --out runs/oracle/world --check runs/oracle/sft.predictions.jsonl
 
 --check reads chain-of-thought replies ("...count: <list>, which is option X") and says how often the recalled list
 is the right option's text, and, when it is the text of some option, how often X is that option's letter.
@@ -21,7 +21,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from st_r1 import cli, data  # noqa: E402
 
 
@@ -55,7 +55,7 @@ def tell(row, path):
 
 
 def check(bench, predictions):
-    from evaluate import read_predictions  # the scorer's reader: same formats, same errors
+    from st_r1.predictions import read_predictions  # the scorer's reader: same formats, same errors
     rows = data.load_rows(bench)
     if not os.path.isfile(predictions):
         raise FileNotFoundError(f"{predictions}: no such file")
