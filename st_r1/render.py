@@ -128,10 +128,16 @@ def write_mp4(path, frames, fps=8):
     import av
     tmp = path + ".tmp.mp4"
     with av.open(tmp, "w") as out:
-        st = out.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast", "threads": "1"})
+        # the same world must make the same bench: x264 gave different pixels from run to run (up to 52/255), also
+        # with one thread, until its lookahead and macroblock tree were off (tests/test_world.py, 30 of 30 equal)
+        st = out.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast",
+                                                          "x264-params": "threads=1:rc-lookahead=0:mbtree=0"})
         st.width, st.height, st.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for f in frames:
-            for pkt in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+        for i, f in enumerate(frames):
+            # converted to yuv420p here and stamped: left to the encoder, these varied from run to run too
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p")
+            frame.pts = i
+            for pkt in st.encode(frame):
                 out.mux(pkt)
         for pkt in st.encode():
             out.mux(pkt)

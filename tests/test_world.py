@@ -214,6 +214,18 @@ def test_mp4_readable_with_expected_frames(tmp_path):
     assert np.abs(frames[30].astype(int) - ref).mean() < 12  # H.264 at crf 18 keeps the picture
 
 
+def test_the_same_world_writes_the_same_mp4_bytes(tmp_path):
+    """A bench is reproducible from its seed: x264 threaded (as the generic "threads" option left it) encoded the
+    same frames into different pixels from run to run, and the main job's predictions changed with them."""
+    w = W.world_for(0, "train", 3, frames=16)
+    frames = W.render_video(w, 16, 112)
+    data = set()
+    for k in range(8):
+        RD.write_mp4(str(tmp_path / f"{k}.mp4"), frames)
+        data.add((tmp_path / f"{k}.mp4").read_bytes())
+    assert len(data) == 1
+
+
 def test_bad_difficulty_is_a_clear_error():
     with pytest.raises(ValueError, match="route-len"):
         W.world_for(0, "train", 0, route_len=7)
