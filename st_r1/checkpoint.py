@@ -290,7 +290,17 @@ def load_checkpoint(run_dir, model, optimizer=None, scheduler=None, path=None):
         osd = _optim_from_files(path)
         live = set(optimizer.param_groups[0])  # e.g. no "initial_lr" when no scheduler was made this time
         osd["param_groups"] = [{k: v for k, v in g.items() if k in live} for g in osd["param_groups"]]
-        set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(full_state_dict=True))
+        # strict=False: a parameter that has had no gradient yet (the vision tower in a text-only stage of
+        # bench/pretrain_base.py) has no AdamW state. The loader gives it one from a zero-gradient step (step 1);
+        # we drop that, so it starts as it would have without the stop. The model was matched strictly above.
+        params = dict(unwrap(model).named_parameters())
+        unknown = sorted(set(osd["state"]) - set(params))
+        if unknown:  # what strict=False would skip silently: a state saved for a parameter this model lacks
+            raise KeyError(f"{path}: optimizer state for parameters the model does not have: {unknown[:3]}")
+        set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(full_state_dict=True, strict=False))
+        for name, p in params.items():
+            if name not in osd["state"]:
+                optimizer.state.pop(p, None)
     if scheduler is not None:
         scheduler.load_state_dict(_read_json(os.path.join(path, "scheduler.json")))
     _load_rng(path, current().rank)

@@ -220,3 +220,29 @@ def test_a_timed_out_launch_leaves_no_process_behind(tmp_path):
         run_bounded([sys.executable, "-c", parent], timeout=1)
     time.sleep(4)
     assert not marker.exists()
+
+
+def test_resume_when_some_parameters_never_had_a_gradient(tmp_path):
+    """A text-only stage never touches the vision tower, so AdamW has no state for it; resuming such a run raised
+    "Missing optimizer state for parameter ..." (bench/pretrain_base.py --batch 0, found in its stage 6)."""
+    torch.manual_seed(0)
+    model = W.ToyLM.from_config(dict(vocab=32, dim=16, n_blocks=2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    frozen = set(list(dict(model.named_parameters()))[-2:])  # these get no gradient (as if unused by the data)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in frozen)
+    model(torch.randint(0, 32, (2, 8))).float().pow(2).mean().backward()
+    for name, p in model.named_parameters():
+        p.requires_grad_(True)
+    opt.step()
+    assert 0 < len(opt.state) < len(list(model.parameters()))
+    C.save_checkpoint(tmp_path, 1, model, opt, extra={"step": 1})
+    again = W.ToyLM.from_config(dict(vocab=32, dim=16, n_blocks=2))
+    opt2 = torch.optim.AdamW(again.parameters(), lr=1e-2)
+    assert C.load_checkpoint(tmp_path, again, opt2)["step"] == 1
+    for p, q in zip(model.parameters(), again.parameters()):
+        assert torch.equal(p, q)
+        if p in opt.state:  # the saved moments come back
+            assert torch.equal(opt.state[p]["exp_avg"], opt2.state[q]["exp_avg"])
+        else:  # the others have no state, as they had none before the stop (AdamW makes it at their first step)
+            assert q not in opt2.state
