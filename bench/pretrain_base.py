@@ -158,7 +158,8 @@ REQUESTS = {
 }
 PREAMBLES = ["You are a careful observer.", "Answer briefly and precisely.", "Look at the video first.",
              "This clip is filmed from your own eyes.", "Here is a short first-person video.",
-             "Think about what the camera shows.", "Some words to ignore: {}.", "Read this list and then the request: {}.",
+             "Think about what the camera shows.", "Some words to ignore: {}.",
+             "Read this list and then the request: {}.",
              "A note that has nothing to do with the video: {}.", "Question {} of a long survey follows."]
 LEADS = ["", "", "In this video ", "From the first frame to the last, ", "Here is what happens: ", "Sure. "]
 
@@ -168,8 +169,7 @@ def request(kind, rng, many):
     text before and/or after it."""
     if not many:
         return {"narrate": tiny.NARRATE, "look": tiny.LOOK, "turn": tiny.TURN}[kind]
-    ask = REQUESTS[kind][rng.integers(len(REQUESTS[kind]))]
-    parts = [ask]
+    parts = [REQUESTS[kind][rng.integers(len(REQUESTS[kind]))]]
     for _ in range(int(rng.integers(0, 3))):  # 0-2 unrelated sentences, before or after the request
         words = ", ".join(tiny.WORDS[k] for k in rng.choice(len(tiny.WORDS), int(rng.integers(2, 9)), replace=False))
         pre = PREAMBLES[rng.integers(len(PREAMBLES))].format(words)  # (a no-op for those without "{}")
@@ -179,10 +179,7 @@ def request(kind, rng, many):
 
 def reply(target, rng, many):
     """The target, after a varied lead-in under --prompts many ("I walk ..." -> "In this video I walk ...")."""
-    if not many:
-        return target
-    lead = LEADS[rng.integers(len(LEADS))]
-    return lead + target if lead else target
+    return LEADS[rng.integers(len(LEADS))] + target if many else target
 
 
 def lookup_vocab(tok):

@@ -119,16 +119,22 @@ def tiny_config(tok, hidden=128, layers=2, heads=4, kv_heads=2, vision_hidden=64
         "rope_theta": 1000000.0, "rope_scaling": {"type": "mrope", "mrope_section": mrope_section(hidden // heads)},
         "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": layers, "attention_dropout": 0.0,
         "tie_word_embeddings": True, "torch_dtype": "float32", "use_cache": True,
-        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
-        "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
-        "vision_token_id": ids["<|vision_pad|>"], "image_token_id": ids["<|image_pad|>"],
-        "video_token_id": ids["<|video_pad|>"],
+        **token_ids(ids),
         "vision_config": {
             "depth": vision_depth, "hidden_size": vision_hidden, "intermediate_size": 2 * vision_hidden,
             "num_heads": vision_heads, "hidden_act": "silu", "in_chans": 3, "out_hidden_size": hidden,
             "patch_size": 14, "spatial_patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
             "window_size": 112, "fullatt_block_indexes": [vision_depth - 1], "tokens_per_second": 2},
     }
+
+
+def token_ids(ids):
+    """The special token ids a Qwen2/2.5-VL config names (Qwen3-VL splits them between its nested configs)."""
+    return {"bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"], "vision_start_token_id": ids["<|vision_start|>"],
+            "vision_end_token_id": ids["<|vision_end|>"],
+            "vision_token_id": ids["<|vision_pad|>"], "image_token_id": ids["<|image_pad|>"],
+            "video_token_id": ids["<|video_pad|>"]}
 
 
 def qwen2_config(ids, vocab, hidden, layers, heads, kv_heads, vision_hidden, vision_depth, vision_heads):
@@ -140,10 +146,7 @@ def qwen2_config(ids, vocab, hidden, layers, heads, kv_heads, vision_hidden, vis
         "hidden_act": "silu", "rms_norm_eps": 1e-6, "max_position_embeddings": 32768,
         "rope_theta": 1000000.0, "rope_scaling": {"type": "mrope", "mrope_section": mrope_section(hidden // heads)},
         "tie_word_embeddings": True, "torch_dtype": "float32", "use_cache": True,
-        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
-        "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
-        "vision_token_id": ids["<|vision_pad|>"], "image_token_id": ids["<|image_pad|>"],
-        "video_token_id": ids["<|video_pad|>"],
+        **token_ids(ids),
         "vision_config": {
             "depth": vision_depth, "embed_dim": vision_hidden, "hidden_size": hidden, "mlp_ratio": 2,
             "num_heads": vision_heads, "hidden_act": "quick_gelu", "in_chans": 3, "patch_size": 14,
