@@ -8,7 +8,7 @@ ST-R1 starts from. Run once (resumable); the result is committed as models/tiny-
 What it learns, with dense per-token targets (never the bench's questions, options or answers, and never its walks:
 the videos come from world seed 1000, the bench uses seed 0):
 - to narrate a walk forward ("I walk straight, then pass the red door, then turn left, ..."), on fresh walks;
-- a curriculum of easy renders first (as bench/see.py found necessary): close-ups of one landmark ("I see the red
+- a curriculum of easy renders first (as bench/probes/see.py found necessary): close-ups of one landmark ("I see the red
   door.") and one turn seen from the spot ("I turn left."), their share falling from 60% to --easy-floor over
   --curriculum steps;
 - generic list skills with words that are not about walks, as an instruction-tuned model arrives with: which of
