@@ -62,6 +62,9 @@ def setup(backend=None, timeout_s=1800):
 
 def shutdown():
     if dist.is_initialized():
+        # every rank arrives before any tears the group down: gloo, destroyed on one rank while another is still
+        # busy (rank 0 writing its files), sometimes aborted ("terminate called without an active exception")
+        dist.barrier()
         dist.destroy_process_group()
 
 
