@@ -89,7 +89,7 @@ def one_seed(job, seed, world, env):
             "--prompts-per-step", str(job.grpo_prompts), "--group-size", str(job.grpo_group), "--lr", str(job.grpo_lr),
             "--beta", str(job.grpo_beta), "--max-new-tokens", str(job.max_new_tokens), "--save-every", "10",
             "--micro-batch", str(job.grpo_prompts * job.grpo_group)]
-    arms = job.arms.split(",")
+    arms = set(job.arms.split(","))
     models = {"untrained": base}
     if "sft_answer" in arms:
         models["sft_answer"] = train("train_sft.py", os.path.join(d, "sft_answer"), job.sft_steps,
@@ -244,7 +244,8 @@ def main(job):
         print(f"{len(seeds)} seeds, {jobs} at a time; each seed's stages log to {job.out}/seed*/job.log")
         with mp.get_context("spawn").Pool(jobs) as pool:
             futures = [pool.apply_async(seed_worker, (job, seed, world, env)) for seed in seeds]
-            with tqdm(total=len(seeds) * (1 + 3 * len(set(job.arms.split(",")) - {"untrained"})), desc="main job (stages)") as bar:
+            trained = set(job.arms.split(",")) - {"untrained"}  # each: trained, evaluated, evaluated blind
+            with tqdm(total=len(seeds) * (1 + 3 * len(trained)), desc="main job (stages)") as bar:
                 while not all(f.ready() for f in futures):  # progress: the stage results written so far
                     time.sleep(5)
                     bar.update(stages_done(job, seeds) - bar.n)

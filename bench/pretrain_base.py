@@ -161,6 +161,8 @@ PREAMBLES = ["You are a careful observer.", "Answer briefly and precisely.", "Lo
              "Think about what the camera shows.", "Some words to ignore: {}.",
              "Read this list and then the request: {}.",
              "A note that has nothing to do with the video: {}.", "Question {} of a long survey follows."]
+# The world's own words, looked up in lists that are never routes (--lookup-vocab words+world / world)
+WORLD_WORDS = [*world.COLOURS, *world.OBJECTS, "left", "right"]
 LEADS = ["", "", "In this video ", "From the first frame to the last, ", "Here is what happens: ", "Sure. "]
 
 
@@ -464,8 +466,7 @@ def main(cfg):
     letters = [tok.encode(" " + L, add_special_tokens=False)[0] for L in "ABCD"]
     vocab = {"tokens": lookup_vocab(tok), "words": list(tiny.WORDS),
              "words+colours": list(tiny.WORDS) + list(world.COLOURS),
-             "words+world": list(tiny.WORDS) + list(world.COLOURS) + list(world.OBJECTS) + ["left", "right"],
-             "world": list(world.COLOURS) + list(world.OBJECTS) + ["left", "right"],
+             "words+world": list(tiny.WORDS) + WORLD_WORDS, "world": WORLD_WORDS,
              }[cfg.lookup_vocab]
     from tqdm import tqdm
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", dynamic_ncols=True)

@@ -133,7 +133,7 @@ def test_stage_four_prompts_and_lookup_never_hold_the_bench_wording():
         kind = ("narrate", "look", "turn")[rng.integers(3)]
         text = P.request(kind, rng, True) + " " + P.reply("I walk straight.", rng, True)
         assert not grams(text) & bench, text
-    vocab = list(tiny.WORDS) + list(world.COLOURS) + list(world.OBJECTS) + ["left", "right"]
+    vocab = list(tiny.WORDS) + P.WORLD_WORDS
     for _ in range(300):
         prompt, target = P.list_item(rng, vocab, lookup=1.0)
         assert not re.search(r"pass the|turn (left|right)|walk straight", prompt + target), (prompt, target)

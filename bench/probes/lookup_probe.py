@@ -47,7 +47,7 @@ def by_vocabulary(model, tok, letters, vocab, n=64, seed=0):
 def in_pretraining_lists(model, tok, letters, n=150, seed=7):
     """On the stage-4 lookup rows themselves (8-12 words over four options, tiny.WORDS mixed with the world's
     words), every asked word teacher-forced: accuracy by the kind of word asked."""
-    vocab = list(tiny.WORDS) + list(render.COLOURS) + list(render.OBJECTS) + ["left", "right"]
+    vocab = list(tiny.WORDS) + P.WORLD_WORDS
     kinds = {**{w: "colours" for w in render.COLOURS}, **{w: "objects" for w in render.OBJECTS}, "left": "left/right",
              "right": "left/right"}
     rng, right = np.random.default_rng(seed), {}
