@@ -1,7 +1,7 @@
 """Re-make models/tiny-base from nothing: the stages of bench/pretrain_base.py in the order the shipped base went
 through them, each resumable (rerun the same command after a stop), then the export.
 
-    python bench/make_base.py --out runs/make_base          # ~2.5 h on 2 CPU cores
+    python bench/make_base.py --out runs/make_base          # ~2.8 h on 2 CPU cores
     python bench/make_base.py --out runs/make_base --export models/tiny-base
 
 Why stages: each fixed what the one before could not learn next to the rest (bench/RESULTS.md, "The base model's
@@ -10,7 +10,9 @@ only: next to the video rows it was never learnt); 3. the video rows back (the n
 in ~30 steps, and the turns get better than after 1: both right in 98% of held-out walks instead of 75%); 4. each
 request asked in many ways, with unrelated text around it (the narration had been tied to its one prompt: 0% of
 the turns right under the bench's route question), and the lookup over the world's words too; 5. more of that
-lookup (85% of the text rows).
+lookup (85% of the text rows); 6. the verdict lines of the bench's chains of thought on random word lists (compare
+each option's colours and sides with the list's, pair by pair, then name the option): the step from a recalled
+route to its letter, which no lookup of stages 1-5 reached.
 Stage 1 of the shipped base had its flags changed while it ran (RESULTS lists them); here it runs with its
 final flags throughout, so the re-made base is the same recipe, not the same weights.
 """
@@ -34,6 +36,9 @@ STAGES = [
                    "--prompts", "many", "--lookup-vocab", "words+world", "--lookup-share", "0.7"]),
     ("5-lookup", ["--lr", "5e-4", "--warmup", "20", "--steps", "600", "--curriculum", "1", "--easy-floor", "0.4",
                   "--prompts", "many", "--lookup-vocab", "words+world", "--lookup-share", "0.85"]),
+    ("6-compare", ["--lr", "1e-3", "--warmup", "20", "--steps", "500", "--curriculum", "1", "--easy-floor", "0.4",
+                   "--prompts", "many", "--lookup-vocab", "words+world", "--lookup-share", "0.85",
+                   "--compare-share", "0.75"]),
 ]
 
 

@@ -13,7 +13,8 @@ the videos come from world seed 1000, the bench uses seed 0):
   --curriculum steps;
 - generic list skills with words that are not about walks, as an instruction-tuned model arrives with: which of
   four lettered lists equals a given list (the four differ in one or two places), which option holds a word (the
-  lookup), and reversing a list. --batch 0 trains these alone.
+  lookup), and reversing a list; and (stage 6, --compare-share) the verdict lines that end the bench's chains of
+  thought, on random word lists (compare_item). --batch 0 trains these alone.
 Every --eval-every steps it reports, on held-out walks (world seed 1000's test split), the route rubric of its
 narrations with the true video and with another video's frames (the rubric's floor), both turns and all landmark
 colours right, close-up colour accuracy, and held-out matching and lookup accuracy; log.jsonl keeps them,
@@ -66,6 +67,8 @@ class Pretrain:
     #                              the world's colours, objects, left and right), "world" (those 13 alone) or
     #                              "tokens" (hundreds of the tokenizer's); bench/RESULTS.md says what each learnt
     lookup_share: float = 0.5    # of the text rows
+    compare_share: float = 0.0   # of the text rows: the verdict lines of the bench's chains of thought on random
+    #                              word lists (stage 6; compare_item)
     prompts: str = "one"         # "one": each video kind has its one request (tiny.NARRATE, LOOK, TURN); "many":
     #                              paraphrases, unrelated text around them and varied reply lead-ins (stage 4)
     init: str = ""               # start from this model folder (e.g. models/tiny-base, to go on) instead of a random one
@@ -233,6 +236,42 @@ def list_item(rng, vocab=tiny.WORDS, lookup=0.5):
     return _lettered(words, opts, rng)
 
 
+COMPARE_ASK = "Check the options one by one against this list: {}. Options: {}."
+
+
+def compare_item(rng):
+    """Stage 6's skill, text only: world.verdicts (the last step of the bench's chains of thought) on lists of random
+    words that hold 2-4 colours and sides. The options differ as the bench's do (one colour x 4, or two colours or
+    sides x 2), the reply compares each option's colours and sides with the list's, pair by pair, then names the
+    option. bench/RESULTS.md: matching a list to its option in one step stays at chance; this is learnt."""
+    items = [[tiny.WORDS[k] for k in rng.choice(len(tiny.WORDS), int(rng.integers(1, 3)), replace=False)]
+             for _ in range(int(rng.integers(2, 6)))]
+    for _ in range(int(rng.integers(2, 5))):  # put a colour or a side into an item
+        i = int(rng.integers(len(items)))
+        items[i].insert(int(rng.integers(len(items[i]) + 1)), str(rng.choice(world.KEYS)))
+    slots = [(i, j) for i, it in enumerate(items) for j, w in enumerate(it) if w in world.KEYS]
+
+    def put(its, slot, w): return [[w if (i, j) == slot else x for j, x in enumerate(it)] for i, it in enumerate(its)]  # noqa: E306, E704
+
+    unused = [c for c in world.COLOURS if all(c not in it for it in items)]  # at least 2: 4 keys at most
+
+    def other(w): return {"left": "right", "right": "left"}.get(w) or str(rng.choice(unused))  # noqa: E306, E704
+    colour = [sl for sl in slots if items[sl[0]][sl[1]] in world.COLOURS]
+    if colour and len(unused) >= 3 and rng.random() < 0.5:  # one colour x 4
+        sl = colour[rng.integers(len(colour))]
+        opts = [items] + [put(items, sl, str(c)) for c in rng.choice(unused, 3, replace=False)]
+    else:  # two slots x 2
+        a, b = (slots[k] for k in rng.choice(len(slots), 2, replace=False))
+        wa, wb = other(items[a[0]][a[1]]), other(items[b[0]][b[1]])
+        opts = [items, put(items, a, wa), put(items, b, wb), put(put(items, a, wa), b, wb)]
+    order = rng.permutation(4)
+    shown = [[" ".join(it) for it in opts[k]] for k in order]
+    letter = "ABCD"[int(np.argmax(order == 0))]
+    listed = [" ".join(it) for it in items]
+    prompt = COMPARE_ASK.format(", ".join(listed), ", ".join(f"{L}. {', '.join(o)}" for L, o in zip("ABCD", shown)))
+    return prompt, " " + world.verdicts(list(zip("ABCD", shown)), listed) + f" So option {letter}."
+
+
 def _lettered(words, opts, rng):
     """The matching prompt with the four options (the true one first in `opts`) in a random order, and its target."""
     order = rng.permutation(4)
@@ -348,6 +387,11 @@ def evaluate(model, tok, held, n, vocab=tiny.WORDS):
     said = sum((greedy(model, tok, [encode(tok, p, None) for p, _ in items[i:i + 32]], 48)
                 for i in range(0, len(items), 32)), [])
     out["match"] = float(np.mean([s.endswith(t[-2:]) for s, (_, t) in zip(said, items)]))
+    items = [compare_item(rng) for _ in range(n)]
+    said = sum((greedy(model, tok, [encode(tok, p, None) for p, _ in items[i:i + 32]], 128)
+                for i in range(0, n, 32)), [])
+    out["compare"] = float(np.mean([re.findall(r"option ([ABCD])", s)[-1:] == [t[-2]] for s, (_, t) in zip(said, items)]))
+    out["compare_example"] = said[0]
     # lookup on the trained words, and on the bench's words (its colours and turns), never looked up by default
     for key, words in (("lookup", vocab), ("lookup_bench_words", [*world.COLOURS, "left", "right"])):
         items = [list_item(rng, words, lookup=1.0) for _ in range(n)]
@@ -483,7 +527,8 @@ def main(cfg):
             many = cfg.prompts == "many"
             ex.append(encode(tok, request(kind, rng, many), reply(str(src[1][k]), rng, many), src[0][k]))
         loss_v = lm_loss(model, *collate(ex, tok.pad_token_id)) if ex else torch.zeros(())
-        batch, labels = collate([encode(tok, *list_item(rng, vocab, cfg.lookup_share))
+        batch, labels = collate([encode(tok, *(compare_item(rng) if rng.random() < cfg.compare_share else
+                                               list_item(rng, vocab, cfg.lookup_share)))
                                  for _ in range(cfg.text_batch)], tok.pad_token_id)
         loss_t = lm_loss(model, batch, labels, letters)
         opt.zero_grad(set_to_none=True)

@@ -11,6 +11,7 @@ the frames the model sees contain the route. The same route yields the `events` 
 forward (start -> destination) and reverse (destination -> start). render.py films the walk.
 """
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -54,12 +55,10 @@ def invert(events):
     every scenery change "from a to b" read "from b to a"."""
     out = ["turn around"]
     for e in reversed(events):
-        if e in ("turn left", "turn right"):
-            e = "turn right" if e == "turn left" else "turn left"
-        elif e.startswith("see the walls change from "):
+        if e.startswith("see the walls change from "):
             a, b = e[len("see the walls change from "):].split(" to ")
             e = f"see the walls change from {b} to {a}"
-        out.append(e)
+        out.append(MIRROR.get(e, e))
     return out
 
 
@@ -73,8 +72,7 @@ def project(events, task):
 
 
 def option_text(events):
-    s = ", ".join(events)
-    return s[:1].upper() + s[1:]
+    return ", ".join(events)[:1].upper() + ", ".join(events)[1:]
 
 
 def parse_option(text):
@@ -313,6 +311,7 @@ def route_events(w):
 # ----------------------------------------------------------------------------- questions
 
 MIRROR = {"turn left": "turn right", "turn right": "turn left"}
+KEYS = (*COLOURS, "left", "right")  # what variants change
 
 
 def _recolour(events, i, colour):
@@ -355,6 +354,14 @@ def _cot(fwd, rev, reverse, tail):
     return f"Let's start by thinking reverse: {first}. And then think forward: {second}. {tail}"
 
 
+def verdicts(options, truth):
+    """Each option's colours and sides beside the asked route's, pair by pair, then a verdict ("A: red red ok, left
+    right x: no."): a small model cannot match a list to its option in one step, but learns these (RESULTS.md)."""
+    def key(events): return [w for e in events for w in e.split() if w in KEYS]  # noqa: E306, E704
+    return " ".join(f"{L}: " + ", ".join(f"{a} {b} {'ok' if a == b else 'x'}" for a, b in zip(key(o), key(truth)))
+                    + f": {'yes' if o == truth else 'no'}." for L, o in options)
+
+
 def answer_letter(seed, split, g):
     """Letter of MCQ row number g of a split: each block of 4 rows is a random permutation of ABCD, so the
     letters are balanced exactly in every 4 rows, whatever order videos are made in."""
@@ -394,7 +401,7 @@ def make_rows(w, video, seed, split, index):
                 opts.insert("ABCD".index(ans), truth)
                 options = {L: option_text(o) for L, o in zip("ABCD", opts)}
                 problem = q + " Options: " + ", ".join(f"{L}. {t}" for L, t in options.items()) + MCQ_INSTR
-                tail = f"{COMPARE[task]}: {', '.join(truth)}, which is option {ans}. Hence, the correct answer is {ans}."
+                tail = f"{COMPARE[task]}. {verdicts(list(zip(options, opts)), truth)} Hence, the correct answer is {ans}."
                 solution = f"<think>{_cot(fwd, rev, reverse, tail)}</think> <answer>{ans}</answer>"
                 row["options"] = options
             row.update(problem=problem, solution=solution, video=video, original_question=problem,
@@ -441,15 +448,9 @@ def make_bench(out_dir, seed=0, n_videos=125, split="both", n_test=None, route_l
     rows = {s: [] for s in splits}
     workers = workers or min(2, os.cpu_count() or 1)
     bar = tqdm(total=len(jobs), desc="world videos", unit="video", disable=not progress)
-    if workers > 1:
-        import multiprocessing as mp
-        with mp.get_context("spawn").Pool(workers) as pool:
-            for s, r in pool.imap(_job, jobs, chunksize=2):
-                rows[s].extend(r)
-                bar.update()
-    else:
-        for job in jobs:
-            s, r = _job(job)
+    import multiprocessing as mp
+    with mp.get_context("spawn").Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        for s, r in (pool.imap(_job, jobs, chunksize=2) if pool else map(_job, jobs)):
             rows[s].extend(r)
             bar.update()
     bar.close()

@@ -138,6 +138,23 @@ def test_stage_four_prompts_and_lookup_never_hold_the_bench_wording():
         prompt, target = P.list_item(rng, vocab, lookup=1.0)
         assert not re.search(r"pass the|turn (left|right)|walk straight", prompt + target), (prompt, target)
     assert P.request("narrate", rng, False) == tiny.NARRATE and P.reply("I walk.", rng, False) == "I walk."
+    for _ in range(300):  # stage 6's verdict rows: random words around colours and sides, never a walk
+        prompt, target = P.compare_item(rng)
+        assert not re.search(r"pass the|turn (left|right)|walk straight", prompt + target), (prompt, target)
+        assert not grams(prompt + target) & bench, (prompt, target)
+
+
+def test_compare_rows_name_the_one_option_that_equals_the_list():
+    rng = np.random.default_rng(1)
+    for _ in range(500):
+        prompt, target = P.compare_item(rng)
+        listed = prompt.split("list: ")[1].split(". Options: ")[0]
+        opts = dict(re.findall(r"([ABCD])\. (.*?)(?=, [ABCD]\. |\.$)", prompt))
+        assert sorted(opts) == list("ABCD") and len(set(opts.values())) == 4, prompt
+        same = [L for L, o in opts.items() if o == listed]
+        assert len(same) == 1 and target.endswith(f" So option {same[0]}.")
+        assert re.findall(r"([ABCD]): [a-z ,]+: (yes|no)\.", target) == [(L, "yes" if L == same[0] else "no")
+                                                                          for L in "ABCD"]
 
 
 def test_shipped_base_sees_under_the_bench_route_question():
@@ -152,3 +169,15 @@ def test_shipped_base_sees_under_the_bench_route_question():
     score = P.describe_score(texts, [e for _, _, e in walks])
     turns, _ = P.turns_colours_right(texts, [e for _, _, e in walks])
     assert score > 3.0 and turns >= 6 / 8, (score, turns, texts[:2])
+
+
+def test_shipped_base_compares_options_pair_by_pair():
+    """Stage 6's point: on held-out verdict rows (random words around colours and sides) the base names the option
+    equal to the list (stage 5's base: 9 of 32; chance 25%)."""
+    tok = data.load_tokenizer(BASE)
+    base = VideoLM.from_pretrained(BASE, dtype=torch.float32).eval()
+    rng = np.random.default_rng(777)
+    items = [P.compare_item(rng) for _ in range(32)]
+    said = P.greedy(base, tok, [P.encode(tok, p, None) for p, _ in items], 128)
+    right = sum(re.findall(r"option ([ABCD])", s)[-1:] == [t[-2]] for s, (_, t) in zip(said, items))
+    assert right >= 24, (right, said[:2])

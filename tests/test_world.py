@@ -3,6 +3,7 @@ unique options, disjoint splits, readable videos, visible turns/landmarks, and t
 import collections
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -131,6 +132,9 @@ def test_options_unique_balanced_and_solution_template(worlds):
             assert f" Options: A. {r['options']['A']}, B. " in r["problem"]
             assert think.endswith(f"Hence, the correct answer is {r['original_answer']}.</think> "
                                   f"<answer>{r['original_answer']}</answer>")
+            # one verdict per option, "yes" for the answer only
+            assert re.findall(r"([ABCD]): [a-z ,]+: (yes|no)\.", think) == [
+                (L, "yes" if L == r["original_answer"] else "no") for L in "ABCD"]
             letters[r["original_answer"]] += 1
     assert sum(letters.values()) == 72 and set(letters.values()) == {18}
 
@@ -262,3 +266,13 @@ def test_tiny_model_weights_load(tmp_path):
     m = VideoLM.from_pretrained(str(tmp_path))
     logits = m(torch.tensor([[1, 20, 30, 2]]))
     assert logits.shape == (1, 4, json.load(open(tmp_path / "config.json"))["vocab_size"])
+
+
+def test_verdicts_compare_colours_and_sides_pair_by_pair():
+    truth = ["walk straight", "pass the red box", "turn left", "walk straight", "turn right"]
+    options = [("A", truth), ("B", ["walk straight", "pass the blue box", "turn left", "walk straight", "turn left"])]
+    assert W.verdicts(options, truth) == ("A: red red ok, left left ok, right right ok: yes. "
+                                          "B: blue red x, left left ok, left right x: no.")
+    # a landmark question's options hold no sides; scenery changes and U-turns are no keys
+    land = ["see the walls change from brick to stone", "pass the green door"]
+    assert W.verdicts([("C", ["turn around"] + land)], ["turn around"] + land) == "C: green green ok: yes."
