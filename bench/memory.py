@@ -2,7 +2,7 @@
 
     python bench/memory.py                   # the table: Qwen2-VL-2B/7B, Qwen2.5-VL-3B/7B, 1/4/8 GPUs of 80/141 GB
     python bench/memory.py --model qwen2.5-vl-7b --stage grpo --parallel fsdp --gpus 8 --freeze-vision  # one setup
-    python bench/memory.py --model path/to/config.json ...   # any Qwen2-VL / Qwen2.5-VL config.json
+    python bench/memory.py --model path/to/config.json ...   # any Qwen2-VL / Qwen2.5-VL config.json; --json: as JSON
     python bench/memory.py --check           # the activation estimate against peak RSS measured on this CPU
 
 Per GPU, in the order the breakdown prints it:
@@ -445,6 +445,8 @@ def main():
             p.add_argument("--" + f.replace("_", "-"), action="store_true")
         else:
             p.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
+    p.add_argument("--json", action="store_true", help="with --model: the config and the estimate (bytes) as JSON")
+    p.add_argument("--setups", default="", help="with --json: a JSON list of Setup fields, an estimate for each")
     p.add_argument("--check", action="store_true", help="estimate vs peak RSS measured on this CPU")
     p.add_argument("--precisions", default="fp32,bf16-mixed,bf16", help="--check: the policies to measure")
     p.add_argument("--threads", type=int, default=2)
@@ -463,6 +465,10 @@ def main():
     if a.model:
         path = a.model if os.path.isfile(a.model) else None
         config = json.load(open(path)) if path else MODELS[a.model.lower()]
+        if a.json:  # for other scripts (bench/gpu_check.py): the config, and per setup the bytes of each component
+            setups = [replace(s, **kw) for kw in json.loads(a.setups)] if a.setups else [s]
+            return print(json.dumps(dict(config=config, setups=[asdict(x) for x in setups],
+                                         estimates=[estimate(config, x) for x in setups])))
         return print(breakdown(config, s))
     print(f"GB per GPU; ✓ fits 80 GB, 141: fits only 141 GB, ✗: neither (5% of a card left to fragmentation). "
           f"Default precision bf16-mixed; SFT: {s.rows} row of {s.video_tokens} video + {s.text_tokens} text tokens "
