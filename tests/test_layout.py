@@ -7,6 +7,7 @@ from conftest import ROOT
 
 LIB = os.path.join(ROOT, "st_r1")
 SCRIPTS = ("train_sft", "train_grpo", "evaluate")  # the top-level recipes
+STILL_IMPORTED = {"bench/probes/lookup_probe.py imports pretrain_base"}  # removed by the issue-14 work
 MAX_LINES = 500
 
 
@@ -84,6 +85,17 @@ def test_scripts_import_only_the_library():
     bad += [f"{path}: imports bench" for path in sources() if path.startswith("st_r1" + os.sep)
             for mod, _ in imports(path) if mod.split(".")[0] == "bench"]
     assert not bad, "scripts imported:\n" + "\n".join(bad)
+
+
+def test_no_script_imports_a_bench_script():
+    """No bench tool and no top-level script imports a file of bench/ (as `bench.x.y`, or as `x` once bench/ is on
+    sys.path): what two scripts share is in st_r1, or one runs the other (bench/gpu_check.py runs bench/memory.py)."""
+    bench = [p for p in sources() if p.startswith("bench" + os.sep)]
+    names = {os.path.splitext(os.path.basename(p))[0] for p in bench}
+    found = {f"{path} imports {mod}" for path in bench + [p for p in sources() if os.sep not in p]
+             for mod, _ in imports(path) if mod.split(".")[0] in names | {"bench"}}
+    bad = sorted(found - STILL_IMPORTED)
+    assert not bad, "scripts importing a bench script:\n" + "\n".join(bad)
 
 
 def test_library_modules_are_short_and_say_their_idea():
