@@ -21,6 +21,7 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
@@ -28,27 +29,37 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-import memory  # noqa: E402
 from st_r1 import grpo, precision  # noqa: E402
 from st_r1.model import VideoLM  # noqa: E402
 from st_r1.training import sft_loss  # noqa: E402
 
 BANDWIDTH_GBS = {"H200": 4800, "H100": 3350, "A100": 2039, "L40S": 864, "A10": 600}  # HBM / GDDR peak, GB/s
+PATCH = 3 * 2 * 14 * 14  # one row of pixel_values of both shapes (Qwen2.5-VL): channels x 2 frames x 14 x 14
+
+
+def memory_py(*args):
+    """bench/memory.py --json (the config, the setup and the estimate in bytes), run as a script: one bench script
+    does not import another."""
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "memory.py"), "--json", *args],
+                       capture_output=True, text=True, cwd=ROOT)
+    if p.returncode:
+        raise RuntimeError(p.stderr[-3000:])
+    return json.loads(p.stdout)
 
 
 def shape(a, layers=None):
     """The model config of a section: the tiny base's layout shrunk further (hidden 64, one decoder layer, one vision
     block: seconds on a CPU), or Qwen2.5-VL-7B's widths and vocabulary with `layers` decoder layers."""
     if a.tiny:
-        config = memory.tiny_config()
+        with open(os.path.join(ROOT, "models", "tiny-base", "config.json")) as f:
+            config = json.load(f)
         config.update(hidden_size=64, intermediate_size=128, num_hidden_layers=1, max_window_layers=1)
         config["vision_config"].update(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                                        fullatt_block_indexes=[0])
         config["rope_scaling"]["mrope_section"] = [2, 3, 3]
         return config
-    config = memory.seven_b_shaped(layers or 28, 32)
-    config["vision_config"]["fullatt_block_indexes"] = [7, 15, 23, 31]
+    config = memory_py("--model", "qwen2.5-vl-7b")["config"]
+    config["num_hidden_layers"] = layers or 28
     return config
 
 
@@ -60,7 +71,7 @@ def video_batch(model, a, device, labels=True):
     ids[0, 0], ids[0, 1:video + 1], ids[0, video + 1] = (model.vision_start_token_id, model.video_token_id,
                                                          model.vision_start_token_id + 1)
     out = dict(input_ids=ids, attention_mask=torch.ones_like(ids),
-               pixel_values_videos=torch.randn(t * h * w, memory.PATCH, generator=g),
+               pixel_values_videos=torch.randn(t * h * w, PATCH, generator=g),
                video_grid_thw=torch.tensor([[t, h, w]]))
     if labels:
         out["labels"] = ids.clone()
@@ -127,7 +138,7 @@ def logits(a, device):
 
 def train(a, device):
     config = shape(a, a.train_layers)
-    res = {}
+    res, setups = {}, {}  # setups: (policy, stage) -> the bench/memory.py setup of that step
     for name in precision.POLICIES:
         pol = precision.policy(name)
         torch.manual_seed(0)
@@ -147,10 +158,9 @@ def train(a, device):
                 opt.zero_grad(set_to_none=True)
                 r["sft_s"].append(sync(device) - t)
                 r["sft_loss"].append(loss.item())
-        s = memory.Setup(stage="sft", parallel="none", gpus=1, precision=name, rows=1, video_tokens=video,
-                         text_tokens=a.text + 2)
-        r.update(sft_peak_gb=peak.bytes / 1e9, sft_estimate_gb=(memory.estimate(config, s)["total"]
-                                                                 - memory.OVERHEAD) / 1e9)
+        r["sft_peak_gb"] = peak.bytes / 1e9
+        setups[name, "sft"] = dict(stage="sft", parallel="none", gpus=1, precision=name, rows=1, video_tokens=video,
+                                   text_tokens=a.text + 2)
         # GRPO: the reference is the model as it is now, held in the policy's reference dtype
         ref = VideoLM.from_config(config, dtype=pol.ref_dtype, device="meta")
         ref.load_state_dict({k: v.to(pol.ref_dtype) for k, v in model.state_dict().items()}, assign=True)
@@ -175,15 +185,22 @@ def train(a, device):
                 r["update_s"].append(sync(device) - t)
                 r["grpo_grad_norm"].append(st["grad_norm"])
                 r["grpo_kl"].append(st["kl"])
-        s = memory.Setup(stage="grpo", parallel="none", gpus=1, precision=name, prompts=1, group_size=a.group,
-                         new_tokens=a.new, micro_batch=a.group, video_tokens=video, text_tokens=a.text + 2)
-        r.update(grpo_peak_gb=peak.bytes / 1e9, grpo_estimate_gb=(memory.estimate(config, s)["total"]
-                                                                   - memory.OVERHEAD) / 1e9,
+        setups[name, "grpo"] = dict(stage="grpo", parallel="none", gpus=1, precision=name, prompts=1,
+                                    group_size=a.group, new_tokens=a.new, micro_batch=a.group, video_tokens=video,
+                                    text_tokens=a.text + 2)
+        r.update(grpo_peak_gb=peak.bytes / 1e9,
                  master_dtype=str({p.dtype for p in model.parameters() if p.requires_grad}),
                  adamw_dtype=str({v.dtype for st in opt.state.values() for v in st.values() if v.dim() > 0}))
         del model, ref, opt, gen
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    # bench/memory.py's estimates of the same steps, all in one run of it: its peak above the start, no CUDA context
+    path = os.path.join(tempfile.mkdtemp(), "config.json")
+    with open(path, "w") as f:
+        json.dump(config, f)
+    estimates = memory_py("--model", path, "--setups", json.dumps(list(setups.values())))["estimates"]
+    for (name, stage), e in zip(setups, estimates):
+        res[name][f"{stage}_estimate_gb"] = (e["total"] - e["overhead"]) / 1e9
     return dict(decoder_layers=config["num_hidden_layers"], **res)
 
 
@@ -210,8 +227,6 @@ def trl(a, device):
     """One GRPO step (generation + reference + update), ours and TRL's, on the same text-only model and batch."""
     if importlib.util.find_spec("trl") is None:
         return dict(skipped="trl is not installed here")
-    import tempfile
-
     from datasets import Dataset
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
     from trl import GRPOConfig, GRPOTrainer

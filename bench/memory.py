@@ -1,9 +1,9 @@
 """GPU memory a training configuration needs, per GPU, computed from the model's config.
 
-    python bench/memory.py                   # the table: Qwen2-VL-2B/7B, Qwen2.5-VL-3B/7B, 1/4/8 GPUs of 80/141 GB
+    python bench/memory.py                   # the table: Qwen2-VL-2B/7B, Qwen2.5-VL-3B/7B, Qwen3-VL-4B/8B; 1/4/8 GPUs
     python bench/memory.py --model qwen2.5-vl-7b --stage grpo --parallel fsdp --gpus 8 --freeze-vision  # one setup
-    python bench/memory.py --model path/to/config.json ...   # any Qwen2-VL / Qwen2.5-VL config.json
-    python bench/memory.py --check           # the activation estimate against peak RSS measured on this CPU
+    python bench/memory.py --model path/to/config.json ...   # any Qwen2-VL / 2.5-VL / 3-VL config.json; --json: JSON
+    python bench/memory.py --check           # the activation estimate against peak RSS measured on this CPU (--only)
 
 Per GPU, in the order the breakdown prints it:
   weights      trainable parameters in the policy's param dtype (fp32 master weights; bf16 under --precision bf16),
@@ -27,6 +27,7 @@ import math
 import os
 import subprocess
 import sys
+from collections import namedtuple
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -34,14 +35,13 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from st_r1 import lora, precision  # noqa: E402
-from st_r1.model import VideoLM  # noqa: E402
+from st_r1.model import VideoLM, text_config  # noqa: E402
 
 GB = 1e9
-PATCH = 3 * 2 * 14 * 14  # one row of pixel_values: channels x temporal patch x 14 x 14
 
 # The released config.json dimensions (Hugging Face model cards, *-Instruct); token ids as released.
-_TOKENS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
-               vision_end_token_id=151653, rope_theta=1000000.0, rms_norm_eps=1e-6, max_position_embeddings=128000,
+_IDS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
+_TOKENS = dict(_IDS, rope_theta=1000000.0, rms_norm_eps=1e-6, max_position_embeddings=128000,
                rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]})
 _V2 = dict(depth=32, embed_dim=1280, mlp_ratio=4, num_heads=16, in_chans=3, patch_size=14, spatial_merge_size=2,
            temporal_patch_size=2, hidden_act="quick_gelu")
@@ -62,7 +62,26 @@ MODELS = {
                           intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
                           tie_word_embeddings=False, vision_config=dict(_V25, out_hidden_size=3584)),
 }
-# Qwen3-VL-4B/8B: not in the table until st_r1/model.py supports Qwen3-VL (DeepStack, its own vision tower).
+# Qwen3-VL nests the decoder in text_config, as its config.json does. Read from copies of the released files (none
+# could be downloaded here): Qwen3-VL-8B-Instruct's in huggingface.co/Steinate/Cortex/blame/main/config.json; the 4B's
+# text_config in huggingface.co/TechCarbasa/MyModels commit 400bbbf, its vision_config and tied embeddings in
+# huggingface.co/amburger66/robometer-4b-lora-robotsmith-task03 (unsloth/Qwen3-VL-4B-Instruct's). Both give the
+# released parameter totals exactly (tests/test_precision.py).
+_Q3_TEXT = dict(vocab_size=151936, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                attention_bias=False, rms_norm_eps=1e-6, max_position_embeddings=262144, rope_theta=5000000,
+                rope_scaling={"rope_type": "default", "mrope_interleaved": True, "mrope_section": [24, 20, 20]})
+_Q3_VISION = dict(num_heads=16, in_channels=3, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                  num_position_embeddings=2304, hidden_act="gelu_pytorch_tanh")
+MODELS.update({
+    "qwen3-vl-4b": dict(_IDS, model_type="qwen3_vl", tie_word_embeddings=True,
+                        text_config=dict(_Q3_TEXT, hidden_size=2560, intermediate_size=9728, tie_word_embeddings=True),
+                        vision_config=dict(_Q3_VISION, depth=24, hidden_size=1024, intermediate_size=4096,
+                                           out_hidden_size=2560, deepstack_visual_indexes=[5, 11, 17])),
+    "qwen3-vl-8b": dict(_IDS, model_type="qwen3_vl", tie_word_embeddings=False,
+                        text_config=dict(_Q3_TEXT, hidden_size=4096, intermediate_size=12288),
+                        vision_config=dict(_Q3_VISION, depth=27, hidden_size=1152, intermediate_size=4304,
+                                           out_hidden_size=4096, deepstack_visual_indexes=[8, 16, 24])),
+})
 
 
 @dataclass
@@ -95,13 +114,7 @@ def mode_of(s):
     return "autocast"
 
 
-@dataclass
-class Param:
-    name: str
-    numel: int
-    dim: int
-    trainable: bool
-    bytes: int  # per element, as precision.apply stores it
+Param = namedtuple("Param", "name numel dim trainable bytes")  # bytes: per element, as precision.apply stores it
 
 
 _SHAPES = {}
@@ -140,34 +153,39 @@ def size(params, trainable=None):
 # code and checked tensor by tensor against torch.autograd.graph.saved_tensors_hooks (tests/test_precision.py).
 # c: bytes of a matmul output (4 fp32, 2 bf16); r: bytes of the residual stream.
 
-def rms_norm(n, mode, r, weight_fp32, consumers, train_weight=True, grad_in=True):
+def rms_norm(n, mode, r, weight_fp32, consumers, train_weight=True, grad_in=True, rows=1):
     """RMSNorm(x) = weight * (x32 * rsqrt(mean(x32^2))).to(x.dtype), then the matmuls that read it. Keeps x32
-    (fp32), rsqrt (one fp32 per token), the normalised x (r bytes, for the weight's gradient) and the output
-    (fp32 if weight or x is fp32) once for all its consumers; under autocast an fp32 output is cast to bf16 again
-    by each consumer matmul, which keeps its own copy."""
+    (fp32), rsqrt (one fp32 per normalised row: per token, or per head for Qwen3's q / k norms), the normalised x
+    (r bytes, for the weight's gradient) and the output (fp32 if weight or x is fp32) once for all its consumers;
+    under autocast an fp32 output is cast to bf16 again by each consumer matmul, which keeps its own copy."""
     out = 4 if (weight_fp32 or r == 4) else 2
     kept = (consumers * 2 if mode == "autocast" and out == 4 else out) if consumers else 0
-    own = n * (4 + (r if train_weight else 0)) + 4 if grad_in else 0
+    own = n * (4 + (r if train_weight else 0)) + 4 * rows if grad_in else 0
     return own + n * kept
 
 
 def layer_norm(n, mode, r, consumers=1):
-    """nn.LayerNorm keeps its input, mean and rstd (fp32); its output as rms_norm's (fp32 under autocast on CUDA)."""
+    """nn.LayerNorm keeps its input (r bytes; 0: kept elsewhere already), mean and rstd (fp32); its output as
+    rms_norm's (fp32 under autocast on CUDA)."""
     kept = consumers * 2 if mode == "autocast" else {"fp32": 4, "bf16": 2}[mode]
     return n * (r + kept) + 8
 
 
 def decoder_layer(tc, mode, r, s, first=False):
-    """One Qwen2 decoder layer per token. Full: norm (read by q, k, v), SDPA's q, k, v, output and log-sum-exp
-    (its output is o_proj's input), norm (read by gate, up), SwiGLU's gate, silu(gate), up and their product.
-    LoRA (frozen base, adapters on q, k, v, o): frozen norm weights keep no normalised x, frozen gate / up / down keep
-    no inputs, each adapter's A keeps its input (the norm's output, as the full layer) and B its r-wide input."""
-    d, f, H = tc["hidden_size"], tc["intermediate_size"], tc["num_attention_heads"]
-    kv = (tc.get("num_key_value_heads") or H) * d // H
+    """One decoder layer per token. Full: norm (read by q, k, v), Qwen3's per-head q and k norms (read by the
+    rotation, which keeps nothing of its own), SDPA's q, k, v, output and log-sum-exp (its output is o_proj's input),
+    norm (read by gate, up), SwiGLU's gate, silu(gate), up and their product. LoRA (frozen base, adapters on q, k,
+    v, o): frozen norm weights keep no normalised x, frozen gate / up / down keep no inputs, each adapter's A keeps
+    its input (the norm's output, as the full layer) and B its r-wide input."""
+    d, f, H, hd = tc["hidden_size"], tc["intermediate_size"], tc["num_attention_heads"], tc["head_dim"]
+    KV = tc.get("num_key_value_heads") or H
     c = 4 if mode == "fp32" else 2
-    w32 = mode != "bf16" and not s.lora_r  # norm weights stay fp32 unless bf16 or frozen (bf16 under bf16-mixed)
-    attn = 2 * c * d + 2 * c * kv + 4 * H
-    if not s.lora_r:
+    trains = not s.lora_r
+    w32 = mode != "bf16" and trains  # norm weights stay fp32 unless bf16 or frozen (bf16 under bf16-mixed)
+    attn = 2 * c * H * hd + 2 * c * KV * hd + 4 * H
+    if tc["qk_norm"]:  # their input is the q / k projection's output (c bytes)
+        attn += sum(rms_norm(h * hd, mode, c, w32, 0, train_weight=trains, rows=h) for h in (H, KV))
+    if trains:
         return rms_norm(d, mode, r, w32, 3) + attn + rms_norm(d, mode, r, w32, 2) + 4 * c * f
     w32 = mode == "fp32"
     adapters = 4 * c * s.lora_r
@@ -175,35 +193,41 @@ def decoder_layer(tc, mode, r, s, first=False):
             + rms_norm(d, mode, r, w32, 0, train_weight=False) + 3 * c * f)
 
 
-def vision_patch(vc, mode, qwen25):
+def vision_patch(vc, mode, family):
     """The vision tower per patch (when it trains): the patch embedding's input pixels (a bf16 cast), 2-D RoPE's
-    cos / sin, the attention groups' indices; per block: norm, SDPA's gathered q, k, v, its output, log-sum-exp and
-    the merged output buffer (proj's input), norm, MLP (SwiGLU: 4 tensors; quick_gelu: fc1 out, sigmoid, product);
-    the merger's norm and its GELU's input and output."""
-    D, heads, depth = (vc["hidden_size"] if qwen25 else vc["embed_dim"]), vc["num_heads"], vc["depth"]
+    cos / sin, the attention groups' indices (Qwen3-VL's learned positions keep nothing); per block: norm, SDPA's
+    gathered q, k, v, its output, log-sum-exp and the merged output buffer (proj's input), norm, MLP (SwiGLU: 4
+    tensors; quick_gelu: fc1 out, sigmoid, product; Qwen3's tanh GELU: fc1 out, GELU out); the merger's norm and its
+    GELU's input and output; Qwen3-VL's DeepStack mergers the same, each over 2x2 patches concatenated (its norm's
+    input is its block's output, which the next block or the merger keeps already)."""
+    D = vc["embed_dim"] if family == "qwen2_vl" else vc["hidden_size"]
+    heads, depth = vc["num_heads"], vc["depth"]
     c = 4 if mode == "fp32" else 2
     rv = 4 if mode == "fp32" else 2  # the residual: the patch embedding's output (bf16 under autocast)
     w32 = mode != "bf16"
     attn = 5 * c * D + 4 * heads
-    if qwen25:
+    merger = layer_norm(D, mode, rv) + 2 * c * D
+    if family == "qwen2_5_vl":
         block = rms_norm(D, mode, rv, w32, 1) + attn + rms_norm(D, mode, rv, w32, 2) + 4 * c * vc["intermediate_size"]
-        merger = rms_norm(D, mode, rv, w32, 1)
-    else:
+        merger = rms_norm(D, mode, rv, w32, 1) + 2 * c * D
+    elif family == "qwen2_vl":
         block = 2 * layer_norm(D, mode, rv) + attn + 3 * c * int(D * vc.get("mlp_ratio", 4))
-        merger = layer_norm(D, mode, rv)
+    else:
+        block = 2 * layer_norm(D, mode, rv) + attn + 2 * c * vc["intermediate_size"]
+        merger += len(vc.get("deepstack_visual_indexes", (8, 16, 24))) * (layer_norm(4 * D, mode, 0) // 4 + 2 * c * D)
     head_dim = D // heads
-    pixels = 0 if mode == "fp32" else PATCH * 2  # the batch's own fp32 pixels are not counted, their bf16 cast is
-    return pixels + 2 * head_dim * 4 + (16 if qwen25 else 8) + depth * block + merger + 2 * c * D
+    patch = 3 * vc.get("temporal_patch_size", 2) * vc.get("patch_size", 16 if family == "qwen3_vl" else 14) ** 2
+    pixels = 0 if mode == "fp32" else patch * 2  # the batch's own fp32 pixels are not counted, their bf16 cast is
+    return pixels + 2 * head_dim * 4 + (16 if family == "qwen2_5_vl" else 8) + depth * block + merger
 
 
 def decoder_token(tc, mode, s, lm_trainable):
     """The decoder per token outside the layers: M-RoPE cos / sin (fp32, shared by the layers), the final norm
     (its output kept by lm_head when lm_head trains)."""
-    head_dim = tc["hidden_size"] // tc["num_attention_heads"]
     trains = not s.lora_r  # LoRA freezes the norm's weight (bf16 under bf16-mixed)
     w32 = mode == "fp32" or (mode == "autocast" and trains)
-    return 2 * head_dim * 4 + rms_norm(tc["hidden_size"], mode, residual_bytes(mode, s), w32,
-                                       1 if lm_trainable else 0, train_weight=trains)
+    return 2 * tc["head_dim"] * 4 + rms_norm(tc["hidden_size"], mode, residual_bytes(mode, s), w32,
+                                             1 if lm_trainable else 0, train_weight=trains)
 
 
 def residual_bytes(mode, s):
@@ -223,16 +247,18 @@ def activations(config, s, tokens, patches, loss_tokens):
     """One forward + backward over `tokens` decoder tokens, `patches` vision patches and `loss_tokens` positions of
     the loss: {decoder, vision: what autograd keeps at the end of the forward; logits: the loss's fp32 copies of the
     logits at its peak; recompute: under --grad-checkpoint, the one layer rebuilt at a time in the backward}."""
-    from st_r1.model import text_config
-    tc, vc = text_config(config), config["vision_config"]
-    mode, qwen25 = mode_of(s), config["model_type"] == "qwen2_5_vl"
+    tc, vc, family = text_config(config), config["vision_config"], config["model_type"]
+    mode = mode_of(s)
     r, n = residual_bytes(mode, s), tc["num_hidden_layers"]
     layer = [decoder_layer(tc, mode, r, s, first=i == 0) for i in range(n)]
     # --grad-checkpoint keeps each layer's input and recomputes one layer at a time in the backward
     layers = n * r * tc["hidden_size"] if s.grad_checkpoint else sum(layer)
     lm_trainable = not (s.lora_r or s.freeze_lm)
-    return dict(decoder=tokens * (layers + decoder_token(tc, mode, s, lm_trainable)),
-                vision=0 if (s.freeze_vision or s.lora_r) else patches * vision_patch(vc, mode, qwen25),
+    # DeepStack's additions into the decoder keep the positions of the vision tokens (nonzero's int64 (n, 2)), once
+    # for all levels, even with the tower frozen
+    deepstack = 16 * patches // vc.get("spatial_merge_size", 2) ** 2 if family == "qwen3_vl" else 0
+    return dict(decoder=tokens * (layers + decoder_token(tc, mode, s, lm_trainable)) + deepstack,
+                vision=0 if (s.freeze_vision or s.lora_r) else patches * vision_patch(vc, mode, family),
                 logits=loss_tokens * tc["vocab_size"] * 4 * LOGIT_COPIES,
                 recompute=tokens * max(layer) if s.grad_checkpoint else 0)
 
@@ -245,10 +271,10 @@ def bf16_copies(config, s):
     if mode_of(s) != "autocast":
         return 0, 0, 0
     params, tied = parameters(config, s)
-    skip = {"visual.patch_embed.proj.weight"} | ({"model.embed_tokens.weight"} if not tied else set())
+    skip = {"visual.patch_embed.proj.weight", "visual.pos_embed.weight"} | (  # pos_embed: interpolated, no matmul
+        {"model.embed_tokens.weight"} if not tied else set())
     mats = {p.name: p.numel * 2 for p in params if p.trainable and p.dim >= 2 and p.bytes == 4 and p.name not in skip}
     in_layers = sum(v for n, v in mats.items() if n.startswith("model.layers."))
-    from st_r1.model import text_config
     one = in_layers // text_config(config)["num_hidden_layers"]
     return sum(mats.values()), sum(mats.values()) - (in_layers if s.grad_checkpoint else 0), one
 
@@ -265,7 +291,6 @@ def step_peak(a, copies):
 
 def estimate(config, s):
     """{component: bytes} per GPU; "total" is the peak."""
-    from st_r1.model import text_config
     tc = text_config(config)
     params, _ = parameters(config, s)
     mode = mode_of(s)
@@ -292,7 +317,7 @@ def estimate(config, s):
     if s.beta:
         e["reference"] = sum(p.numel for p in params if "lora_" not in p.name) * (4 if s.precision == "fp32" else 2)
     kv_per_token = tc["num_hidden_layers"] * 2 * (tc.get("num_key_value_heads") or tc["num_attention_heads"]) \
-        * (tc["hidden_size"] // tc["num_attention_heads"]) * (4 if mode == "fp32" else 2)
+        * tc["head_dim"] * (4 if mode == "fp32" else 2)
     L, C = prompt, s.new_tokens
     static = sum(e.values())
     # rollout: no gradients (grpo.update frees them); the G-row cache and, while it is repeated, the prompts' own;
@@ -349,16 +374,17 @@ def breakdown(config, s):
 
 # ----------------------------------------------------------------------------------------------- the CPU check
 
-def tiny_config():
-    with open(os.path.join(ROOT, "models", "tiny-base", "config.json")) as f:
-        return json.load(f)
-
-
-def seven_b_shaped(layers=2, vision_blocks=2):
-    """Qwen2.5-VL-7B's widths, vocabulary and vision blocks, with few decoder layers and vision blocks."""
-    config = json.loads(json.dumps(MODELS["qwen2.5-vl-7b"]))
-    config["num_hidden_layers"] = layers
-    config["vision_config"].update(depth=vision_blocks, fullatt_block_indexes=[vision_blocks - 1])
+def shaped(name, layers=2, vision_blocks=2):
+    """A released model's widths, vocabulary and vision blocks, with few decoder layers and vision blocks (the last
+    one full-attention under Qwen2.5-VL; under Qwen3-VL each one feeds DeepStack)."""
+    config = json.loads(json.dumps(MODELS[name]))
+    (config.get("text_config") or config)["num_hidden_layers"] = layers
+    vc = config["vision_config"]
+    vc["depth"] = vision_blocks
+    if "fullatt_block_indexes" in vc:
+        vc["fullatt_block_indexes"] = [vision_blocks - 1]
+    if "deepstack_visual_indexes" in vc:
+        vc["deepstack_visual_indexes"] = list(range(vision_blocks))
     return config
 
 
@@ -390,7 +416,8 @@ def measure(config, s, t, h, w, text):
     ids[0, 0], ids[0, 1:video + 1], ids[0, video + 1] = (model.vision_start_token_id, model.video_token_id,
                                                          model.vision_start_token_id + 1)
     batch = dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids.clone(),
-                 pixel_values_videos=torch.randn(t * h * w, PATCH), video_grid_thw=torch.tensor([[t, h, w]]))
+                 pixel_values_videos=torch.randn(t * h * w, 3 * model.temporal_patch_size * model.patch_size ** 2),
+                 video_grid_thw=torch.tensor([[t, h, w]]))
     sft_loss(model, dict(batch), ids.shape[1]).backward()  # allocates the gradients
     for p in model.parameters():
         if p.grad is not None:
@@ -407,19 +434,21 @@ def measure(config, s, t, h, w, text):
                 patches=t * h * w, **a)
 
 
-CHECKS = [  # (name, config, Setup overrides, grid t, h, w, text tokens)
+CHECKS = [  # (name, config: "tiny" or a MODELS name, Setup overrides, grid t, h, w, text tokens)
     ("tiny (models/tiny-base)", "tiny", {}, 4, 16, 16, 200),
-    ("7B-shaped, 2 layers + 2 vision blocks", "7b", dict(freeze_lm=True), 2, 16, 16, 200),
+    ("7B-shaped, 2 layers + 2 vision blocks", "qwen2.5-vl-7b", dict(freeze_lm=True), 2, 16, 16, 200),
+    ("Qwen3-VL-8B-shaped, 2 layers + 2 vision blocks", "qwen3-vl-8b", dict(freeze_lm=True), 2, 16, 16, 200),
 ]
 
 
 def check(args):
-    """Run every (model, precision, grad-checkpoint) of CHECKS in a fresh process; a markdown table."""
-    lines = ["| model | precision | --grad-checkpoint | tokens / patches | kept by the forward: decoder + vision "
-             "(MB) | logits at the loss (MB) | estimate of the step's peak (MB) | measured peak RSS (MB) | estimate / "
-             "measured |", "|---|---|---|---|---|---|---|---|---|"]
+    """Run every (model, precision, grad-checkpoint) of CHECKS (--only: those whose name holds it) in a fresh
+    process; a markdown table, a row at a time."""
+    print("| model | precision | --grad-checkpoint | tokens / patches | kept by the forward: decoder + vision (MB) | "
+          "logits at the loss (MB) | estimate of the step's peak (MB) | measured peak RSS (MB) | estimate / measured "
+          "|\n" + "|---" * 9 + "|", flush=True)
     for name, which, kw, t, h, w, text in CHECKS:
-        for prec in args.precisions.split(","):
+        for prec in args.precisions.split(",") if args.only in name else []:
             for gc in (False, True):
                 cmd = [sys.executable, os.path.abspath(__file__), "--measure", which, "--precision", prec,
                        "--grid", f"{t},{h},{w}", "--text", str(text)] + (["--grad-checkpoint"] if gc else [])
@@ -430,23 +459,22 @@ def check(args):
                     raise RuntimeError(p.stderr[-3000:])
                 m = json.loads(p.stdout.strip().splitlines()[-1])
                 mb = lambda k: m[k] / 2**20
-                lines.append(f"| {name} | {prec} | {'yes' if gc else 'no'} | {m['tokens']} / {m['patches']} | "
-                             f"{mb('decoder'):.0f} + {mb('vision'):.0f} | {mb('logits'):.0f} | {mb('estimate'):.0f} | "
-                             f"{mb('measured'):.0f} | {m['estimate'] / m['measured']:.2f} |")
-                print(lines[-1], flush=True)
-    return "\n".join(lines)
+                print(f"| {name} | {prec} | {'yes' if gc else 'no'} | {m['tokens']} / {m['patches']} | "
+                      f"{mb('decoder'):.0f} + {mb('vision'):.0f} | {mb('logits'):.0f} | {mb('estimate'):.0f} | "
+                      f"{mb('measured'):.0f} | {m['estimate'] / m['measured']:.2f} |", flush=True)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="", help=f"one of {', '.join(MODELS)} or a config.json; empty: the table")
     for f, v in asdict(Setup()).items():
-        if isinstance(v, bool):
-            p.add_argument("--" + f.replace("_", "-"), action="store_true")
-        else:
-            p.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
+        p.add_argument("--" + f.replace("_", "-"), **(dict(action="store_true") if isinstance(v, bool) else
+                                                       dict(type=type(v), default=v)))
+    p.add_argument("--json", action="store_true", help="with --model: the config and the estimate (bytes) as JSON")
+    p.add_argument("--setups", default="", help="with --json: a JSON list of Setup fields, an estimate for each")
     p.add_argument("--check", action="store_true", help="estimate vs peak RSS measured on this CPU")
     p.add_argument("--precisions", default="fp32,bf16-mixed,bf16", help="--check: the policies to measure")
+    p.add_argument("--only", default="", help="--check: only the models whose name holds this, e.g. Qwen3")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--measure", help=argparse.SUPPRESS)
     p.add_argument("--grid", help=argparse.SUPPRESS)
@@ -455,14 +483,19 @@ def main():
     s = Setup(**{f: getattr(a, f) for f in asdict(Setup())})
     if a.measure:
         torch.set_num_threads(a.threads)
-        config = tiny_config() if a.measure == "tiny" else seven_b_shaped()
+        config = shaped(a.measure) if a.measure in MODELS else json.load(
+            open(os.path.join(ROOT, "models", "tiny-base", "config.json")))
         t, h, w = map(int, a.grid.split(","))
         return print(json.dumps(measure(config, s, t, h, w, a.text)))
     if a.check:
-        return print(check(a))
+        return check(a)
     if a.model:
         path = a.model if os.path.isfile(a.model) else None
         config = json.load(open(path)) if path else MODELS[a.model.lower()]
+        if a.json:  # for other scripts (bench/gpu_check.py): the config, and per setup the bytes of each component
+            setups = [replace(s, **kw) for kw in json.loads(a.setups)] if a.setups else [s]
+            return print(json.dumps(dict(config=config, setups=[asdict(x) for x in setups],
+                                         estimates=[estimate(config, x) for x in setups])))
         return print(breakdown(config, s))
     print(f"GB per GPU; ✓ fits 80 GB, 141: fits only 141 GB, ✗: neither (5% of a card left to fragmentation). "
           f"Default precision bf16-mixed; SFT: {s.rows} row of {s.video_tokens} video + {s.text_tokens} text tokens "

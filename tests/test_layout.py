@@ -86,6 +86,17 @@ def test_scripts_import_only_the_library():
     assert not bad, "scripts imported:\n" + "\n".join(bad)
 
 
+def test_no_script_imports_a_bench_script():
+    """No bench tool and no top-level script imports a file of bench/ (as `bench.x.y`, or as `x` once bench/ is on
+    sys.path): what two scripts share is in st_r1, or one runs the other (bench/gpu_check.py runs bench/memory.py)."""
+    bench = [p for p in sources() if p.startswith("bench" + os.sep)]
+    names = {os.path.splitext(os.path.basename(p))[0] for p in bench}
+    found = {f"{path} imports {mod}" for path in bench + [p for p in sources() if os.sep not in p]
+             for mod, _ in imports(path) if mod.split(".")[0] in names | {"bench"}}
+    bad = sorted(found)
+    assert not bad, "scripts importing a bench script:\n" + "\n".join(bad)
+
+
 def test_library_modules_are_short_and_say_their_idea():
     bad = []
     for m in ["__init__"] + modules():
