@@ -251,7 +251,8 @@ def compare_item(rng):
         items[i].insert(int(rng.integers(len(items[i]) + 1)), str(rng.choice(world.KEYS)))
     slots = [(i, j) for i, it in enumerate(items) for j, w in enumerate(it) if w in world.KEYS]
 
-    def put(its, slot, w): return [[w if (i, j) == slot else x for j, x in enumerate(it)] for i, it in enumerate(its)]  # noqa: E306, E704
+    def put(its, slot, w):  # noqa: E306
+        return [[w if (i, j) == slot else x for j, x in enumerate(it)] for i, it in enumerate(its)]
 
     unused = [c for c in world.COLOURS if all(c not in it for it in items)]  # at least 2: 4 keys at most
 
@@ -390,7 +391,8 @@ def evaluate(model, tok, held, n, vocab=tiny.WORDS):
     items = [compare_item(rng) for _ in range(n)]
     said = sum((greedy(model, tok, [encode(tok, p, None) for p, _ in items[i:i + 32]], 128)
                 for i in range(0, n, 32)), [])
-    out["compare"] = float(np.mean([re.findall(r"option ([ABCD])", s)[-1:] == [t[-2]] for s, (_, t) in zip(said, items)]))
+    out["compare"] = float(np.mean([re.findall(r"option ([ABCD])", s)[-1:] == [t[-2]]
+                                    for s, (_, t) in zip(said, items)]))
     out["compare_example"] = said[0]
     # lookup on the trained words, and on the bench's words (its colours and turns), never looked up by default
     for key, words in (("lookup", vocab), ("lookup_bench_words", [*world.COLOURS, "left", "right"])):

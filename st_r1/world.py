@@ -314,6 +314,9 @@ MIRROR = {"turn left": "turn right", "turn right": "turn left"}
 KEYS = (*COLOURS, "left", "right")  # what variants change
 
 
+def key_words(events): return [w for e in events for w in e.split() if w in KEYS]  # noqa: E704
+
+
 def _recolour(events, i, colour):
     obj = events[i][len("pass the "):].split(" ", 1)[1]
     return events[:i] + [f"pass the {colour} {obj}"] + events[i + 1:]
@@ -357,8 +360,8 @@ def _cot(fwd, rev, reverse, tail):
 def verdicts(options, truth):
     """Each option's colours and sides beside the asked route's, pair by pair, then a verdict ("A: red red ok, left
     right x: no."): a small model cannot match a list to its option in one step, but learns these (RESULTS.md)."""
-    def key(events): return [w for e in events for w in e.split() if w in KEYS]  # noqa: E306, E704
-    return " ".join(f"{L}: " + ", ".join(f"{a} {b} {'ok' if a == b else 'x'}" for a, b in zip(key(o), key(truth)))
+    mine = key_words(truth)
+    return " ".join(f"{L}: " + ", ".join(f"{a} {b} {'ok' if a == b else 'x'}" for a, b in zip(key_words(o), mine))
                     + f": {'yes' if o == truth else 'no'}." for L, o in options)
 
 
@@ -401,7 +404,7 @@ def make_rows(w, video, seed, split, index):
                 opts.insert("ABCD".index(ans), truth)
                 options = {L: option_text(o) for L, o in zip("ABCD", opts)}
                 problem = q + " Options: " + ", ".join(f"{L}. {t}" for L, t in options.items()) + MCQ_INSTR
-                tail = f"{COMPARE[task]}. {verdicts(list(zip(options, opts)), truth)} Hence, the correct answer is {ans}."
+                tail = f"{COMPARE[task]}. {verdicts(zip(options, opts), truth)} Hence, the correct answer is {ans}."
                 solution = f"<think>{_cot(fwd, rev, reverse, tail)}</think> <answer>{ans}</answer>"
                 row["options"] = options
             row.update(problem=problem, solution=solution, video=video, original_question=problem,

@@ -110,7 +110,8 @@ def test_make_base_stages_are_valid_pretraining_flags():
     from the previous one (the replay would otherwise fail hours in)."""
     from bench import make_base
     from st_r1 import cli
-    assert [n for n, _ in make_base.STAGES] == ["1-describe", "2-lookup", "3-video", "4-prompts", "5-lookup", "6-compare"]
+    assert [n for n, _ in make_base.STAGES] == ["1-describe", "2-lookup", "3-video", "4-prompts", "5-lookup",
+                                                "6-compare"]
     for name, flags in make_base.STAGES:
         cfg = cli.parse(P.Pretrain, ["--out", "x"] + flags)
         assert not cfg.init and (cfg.stop or cfg.steps) <= cfg.steps, name

@@ -78,7 +78,8 @@ def row(fmt, rng):
     if fmt == "verdict":
         return ask, " " + " ".join(f"{k}: {yes(o)}." for k, o in zip("ABCD", shown)) + f" So option {L}.", L
     if fmt == "copyverdict":
-        return ask, " " + " ".join(f"{k}. {', '.join(o)}: {yes(o)}." for k, o in zip("ABCD", shown)) + f" So option {L}.", L
+        lines = " ".join(f"{k}. {', '.join(o)}: {yes(o)}." for k, o in zip("ABCD", shown))
+        return ask, f" {lines} So option {L}.", L
     if fmt == "adjacent":
         return ask, " " + " ".join(f"{k}. {', '.join(o)}; {lst}: {yes(o)}." for k, o in zip("ABCD", shown)) + \
             f" So option {L}.", L
@@ -122,7 +123,8 @@ def held_out(model, tok, fmt, letters, verdict_ids):
         verdicts += [all(pred[b, i].item() == y[b, i].item() for i in at)] if at else []
     model.train()
     mean = lambda v: round(float(np.mean(v)), 3) if v else None  # noqa: E731
-    return dict(tokens=round((((pred == y) & m).sum() / m.sum()).item(), 3), letter=mean(letter), verdicts=mean(verdicts))
+    tokens = round((((pred == y) & m).sum() / m.sum()).item(), 3)
+    return dict(tokens=tokens, letter=mean(letter), verdicts=mean(verdicts))
 
 
 @torch.no_grad()

@@ -69,7 +69,6 @@ def check(bench, predictions):
         raise FileNotFoundError(f"{predictions}: no such file")
     replies = read_predictions(predictions, len(rows))
 
-    def key(events): return [w for e in events for w in e.split() if w in world.KEYS]  # noqa: E306, E704
     c = dict.fromkeys(["mc", "four lines", "recall right", "options copied", "marks agree", "verdicts agree",
                        "one yes", "letter = yes line", "right", "right with the recall right"], 0)
     for i, row in enumerate(rows):
@@ -82,13 +81,13 @@ def check(bench, predictions):
             continue
         pairs = [[p.split() for p in body.split(", ") if len(p.split()) == 3] for _, body, _ in lines]
         truth = world.project(row["events"]["reverse" if row["reverse"] else "forward"], row["task"])
-        recall = [p[1] for p in pairs[0]] == key(truth)
+        recall = [p[1] for p in pairs[0]] == world.key_words(truth)
         m = re.search(r"<answer>\s*([ABCD])", text)
         yes = [L for L, _, v in lines if v == "yes"]
         right = bool(m) and m.group(1) == row["original_answer"]
         c["four lines"] += 1
         c["recall right"] += recall
-        c["options copied"] += all([p[0] for p in ps] == key(world.parse_option(row["options"][L]))
+        c["options copied"] += all([p[0] for p in ps] == world.key_words(world.parse_option(row["options"][L]))
                                    for (L, _, _), ps in zip(lines, pairs))
         c["marks agree"] += all((a == b) == (mark == "ok") for ps in pairs for a, b, mark in ps)
         c["verdicts agree"] += all((v == "yes") == all(p[2] == "ok" for p in ps) for (_, _, v), ps in zip(lines, pairs))
