@@ -270,7 +270,7 @@ def compare_item(rng):
     letter = "ABCD"[int(np.argmax(order == 0))]
     listed = [" ".join(it) for it in items]
     prompt = COMPARE_ASK.format(", ".join(listed), ", ".join(f"{L}. {', '.join(o)}" for L, o in zip("ABCD", shown)))
-    return prompt, " " + world.verdicts(list(zip("ABCD", shown)), listed) + f" So option {letter}."
+    return prompt, " " + world.verdicts(zip("ABCD", shown), listed) + f" So option {letter}."
 
 
 def _lettered(words, opts, rng):

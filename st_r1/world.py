@@ -72,7 +72,7 @@ def project(events, task):
 
 
 def option_text(events):
-    return ", ".join(events)[:1].upper() + ", ".join(events)[1:]
+    return (s := ", ".join(events))[:1].upper() + s[1:]
 
 
 def parse_option(text):
