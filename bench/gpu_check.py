@@ -195,10 +195,10 @@ def train(a, device):
         if device.type == "cuda":
             torch.cuda.empty_cache()
     # bench/memory.py's estimates of the same steps, all in one run of it: its peak above the start, no CUDA context
-    path = os.path.join(tempfile.mkdtemp(), "config.json")
-    with open(path, "w") as f:
-        json.dump(config, f)
-    estimates = memory_py("--model", path, "--setups", json.dumps(list(setups.values())))["estimates"]
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f)
+        estimates = memory_py("--model", f.name, "--setups", json.dumps(list(setups.values())))["estimates"]
     for (name, stage), e in zip(setups, estimates):
         res[name][f"{stage}_estimate_gb"] = (e["total"] - e["overhead"]) / 1e9
     return dict(decoder_layers=config["num_hidden_layers"], **res)
