@@ -32,9 +32,9 @@ class Job:
     out: str = "runs/main"
     base: str = "models/tiny-base"  # the pretrained tiny model (bench/pretrain_base.py); every arm starts from it
     seeds: str = "0,1"
-    n_videos: int = 500           # training videos (8 questions each); 125 left the copying of options unlearnt
+    n_videos: int = 500           # training videos (8 questions each); 125 at 600 steps: 63% (RESULTS)
     n_test: int = 50              # held-out videos (8 questions each: 4 tasks x forward / reverse)
-    sft_steps: int = 600          # 300 (with 125 or 500 videos) gave 36-41%, 600 with 500 videos 81% (RESULTS)
+    sft_steps: int = 600          # 300 gave 37-41% (125-1,000 videos), 600 with 500 videos 81%
     sft_batch: int = 16
     sft_lr: float = 5e-4          # a pretrained base: lower than from scratch, so SFT does not wash out what it sees
     grpo_steps: int = 20
