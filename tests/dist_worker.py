@@ -185,6 +185,8 @@ def main():
             save_file(C._owned(sd), os.path.join(args.out, "final.safetensors"))
             with open(os.path.join(args.out, "losses.json"), "w") as f:
                 json.dump(losses, f)
+    # multi-process runs never get here: dist.shutdown() ends the process (os._exit) past gloo's teardown race
+    print("returned from distributed()", flush=True)
 
 
 if __name__ == "__main__":

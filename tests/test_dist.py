@@ -85,7 +85,8 @@ def reference(tmp_path_factory):
 def test_two_processes_equal_one(tmp_path, reference, mode):
     _, losses, sd = reference
     run_dir = tmp_path / "run"
-    _run(BASE + ["--mode", mode, "--out", tmp_path / "out", "--run-dir", run_dir])
+    p = _run(BASE + ["--mode", mode, "--out", tmp_path / "out", "--run-dir", run_dir])
+    assert "returned from distributed()" not in p.stdout  # shutdown() ended each rank (st_r1/dist.shutdown)
     _assert_same(tmp_path / "out", losses, sd)
     # The 2-process checkpoint at step 2, resumed by ONE process, ends where the unbroken run ends:
     # the on-disk format does not depend on the wrapping (FSDP2 optimizer state gathered to full).
