@@ -10,13 +10,13 @@ END_OF_TURN = "<|im_end|>"
 
 def video_text(num_video_tokens, timestamps=None):
     """One video's placeholder. Qwen2/2.5-VL: one block of tokens. Qwen3-VL (timestamps: seconds of each temporal
-    patch): a block per temporal patch, each after its time, inside the template's own vision_start/end pair, as
-    transformers 5's Qwen3VLProcessor expands the template's <|video_pad|>."""
+    patch): a block per temporal patch, each after its time. The blocks replace the template's
+    <|vision_start|><|video_pad|><|vision_end|>, with no outer pair, as in Qwen's release (transformers 4.57, the
+    layout the checkpoints were trained on) and transformers >= 5.25; transformers 5.0-5.24 kept the outer pair."""
     if timestamps is None:
         return "<|vision_start|>" + "<|video_pad|>" * num_video_tokens + "<|vision_end|>"
     per_patch = "<|video_pad|>" * (num_video_tokens // len(timestamps))
-    blocks = "".join(f"<{t:.1f} seconds><|vision_start|>{per_patch}<|vision_end|>" for t in timestamps)
-    return "<|vision_start|>" + blocks + "<|vision_end|>"
+    return "".join(f"<{t:.1f} seconds><|vision_start|>{per_patch}<|vision_end|>" for t in timestamps)
 
 
 def prompt_text(question, num_video_tokens=0, system=SYSTEM_PROMPT, instruction=THINK_INSTRUCTION, timestamps=None):

@@ -239,16 +239,17 @@ def test_frames_match_the_qwen3_vl_video_processor(hf_processing, t, h, w, lo, h
     assert (pv - ref).abs().max() < 1e-5
 
 
-def test_video_prompt_with_timestamps_matches_the_qwen3_vl_processor(hf_processing, tiny_tok, tmp_path):
-    """A real mp4 at 8 fps: our frames, timestamps (their presentation times) and prompt ids against the processor
-    given the same frames with their indices and the stream's rate."""
+@pytest.fixture(scope="module")
+def mp4_prompt(hf_processing, tiny_tok, tmp_path_factory):
+    """A real mp4 at 8 fps through transformers' processor (the same frames with their indices and the stream's
+    rate) and through ours: (processor output, our prompt ids, our clip)."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.video_utils import VideoMetadata
 
     from st_r1 import video as V
     from tests.test_video import write_video
     module, Qwen3VLProcessor = hf_processing
-    path = write_video(tmp_path / "v.mp4", 40, fps=8, h=100, w=150)
+    path = write_video(tmp_path_factory.mktemp("mp4") / "v.mp4", 40, fps=8, h=100, w=150)
     lo, hi = 32 * 32, 24 * 32 * 32
     clip = V.load_video(path, 6, lo, hi, family="qwen3_vl")
     frames = V.sample_frames(path, 6)
@@ -264,11 +265,49 @@ def test_video_prompt_with_timestamps_matches_the_qwen3_vl_processor(hf_processi
     text = chat.prompt_text(question, 1)  # the template's <|vision_start|><|video_pad|><|vision_end|>
     got = proc(text=[text], videos=[frames], return_tensors="pt",
                video_metadata=[VideoMetadata(total_num_frames=40, fps=8.0, frames_indices=indices)])
-    ours = chat.prompt_ids(tiny_tok, question, clip.grid, 2, timestamps=clip.timestamps)
+    return got, chat.prompt_ids(tiny_tok, question, clip.grid, 2, timestamps=clip.timestamps), clip
+
+
+def test_video_prompt_with_timestamps_matches_the_qwen3_vl_processor(mp4_prompt, tiny_tok):
+    """Qwen's released layout (transformers 4.57 and >= 5.25): the timestamped blocks replace the template's
+    outer vision_start/video_pad/vision_end; transformers 5.0-5.24 kept that outer pair (two tokens more)."""
+    got, ours, clip = mp4_prompt
     assert got["input_ids"][0].tolist() == ours
     assert torch.equal(got["video_grid_thw"], clip.grid)
-    assert "<0.5 seconds><|vision_start|>" in tiny_tok.decode(ours) and "<4.4 seconds>" in tiny_tok.decode(ours)
-    assert tiny_tok.decode(ours).count("<|video_pad|>") == int(clip.grid.prod()) // 4
+    text = tiny_tok.decode(ours)
+    assert "<|im_start|>user\n<0.5 seconds><|vision_start|>" in text and "<4.4 seconds>" in text
+    assert text.count("<|vision_start|>") == text.count("<|vision_end|>") == 3  # one pair per temporal patch
+    assert "<|vision_end|>Which way" in text
+    assert text.count("<|video_pad|>") == int(clip.grid.prod()) // 4
+
+
+def test_logits_on_the_processors_mp4_prompt_equal_transformers(mp4_prompt, tiny_tok, tmp_path):
+    """Our logits on that prompt (positions of each timestamped block, DeepStack added at the video tokens) equal
+    transformers' Qwen3-VL on the processor's own ids, pixels and token types."""
+    import transformers as tf
+
+    from st_r1.tiny import write_tiny_model
+    got, ours_ids, clip = mp4_prompt
+    folder = write_tiny_model(str(tmp_path / "m"), weights=False, vocab_size=800, family="qwen3_vl",
+                              hidden=64, vision_hidden=32, vision_depth=3)
+    cfg = json.load(open(os.path.join(folder, "config.json")))
+    cfg["vision_config"]["deepstack_visual_indexes"] = [2, 0]
+    cfg["tie_word_embeddings"] = cfg["text_config"]["tie_word_embeddings"] = False
+    torch.manual_seed(0)
+    ref = tf.Qwen3VLForConditionalGeneration(tf.Qwen3VLConfig(**cfg))
+    with torch.no_grad():  # every weight random, as in hf_model
+        for name, p in ref.named_parameters():
+            p.copy_(torch.randn_like(p) * (0.2 if p.ndim == 1 else 0.08) + float(p.ndim == 1 and "norm" in name))
+        ref.model.visual.pos_embed.weight.normal_(0, 0.5)
+        ref.model.language_model.embed_tokens.weight.normal_(0, 1.0)
+    ref.eval().save_pretrained(str(tmp_path / "ref"))
+    ours = VideoLM.from_pretrained(str(tmp_path / "ref"))
+    ids = torch.tensor([ours_ids])
+    assert torch.equal(ids, got["input_ids"])
+    with torch.no_grad():
+        a = ref(**got).logits
+        b = ours(ids, pixel_values_videos=clip.pixel_values, video_grid_thw=clip.grid)
+    assert a.abs().max() > 1 and (a - b).abs().max() < 1e-4
 
 
 @pytest.fixture(scope="module")
