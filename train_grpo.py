@@ -43,6 +43,8 @@ class Config:
     eps_high: float = 0.2
     num_iterations: int = 1        # mu
     adv_scale: str = "group"       # group | batch | none (Dr. GRPO)
+    oversample: int = 1            # > 1: DAPO's dynamic sampling, prompts_per_step x this many drawn, groups whose
+    #                                rewards are all equal dropped, up to prompts_per_step kept for the update
     loss_agg: str = "seq_mean"     # seq_mean | token_mean | constant
     mask_truncated: bool = False
     max_grad_norm: float = 1.0
@@ -95,6 +97,17 @@ def readable_prompt(enc, rows, row, seed, step, slot):
         row = rows[order[len(bad) - 1]]
 
 
+def kept_groups(total, prompt_ids, cfg, n_draw):
+    """DAPO's dynamic sampling, the same choice on every rank: of the n_draw prompts drawn (slot order), the first
+    prompts_per_step whose G rewards are not all equal. Returns (this rank's kept prompt indices, kept in all)."""
+    r = total.view(-1, cfg.group_size)
+    spread = torch.zeros(n_draw, dtype=torch.float64)
+    spread[prompt_ids] = (r.max(1).values > r.min(1).values).double()
+    spread = dist.all_reduce_sum(spread)
+    chosen = set(torch.nonzero(spread > 0).flatten().tolist()[:cfg.prompts_per_step])
+    return [i for i, pid in enumerate(prompt_ids) if pid in chosen], len(chosen)
+
+
 def reference_model(model_dir, prec, device):
     """The frozen reference (paper: KL to pi_ref) is the starting checkpoint, held in prec.ref_dtype: pure bf16 under
     the mixed policies (half the policy's fp32 memory, and nothing updates it), fp32 under fp32."""
@@ -114,6 +127,7 @@ def validate(cfg, world_size):
     cli.check(cfg.temperature > 0 and 0 < cfg.top_p <= 1, "temperature", "must be > 0 and --top-p in (0, 1]")
     cli.check(cfg.lr > 0 and cfg.beta >= 0 and cfg.num_iterations >= 1, "lr", "must be > 0, --beta >= 0 and "
               "--num-iterations >= 1")
+    cli.check(cfg.oversample >= 1, "oversample", f"must be >= 1, got {cfg.oversample}")
     cli.check(cfg.adv_scale in ("group", "batch", "none"), "adv_scale", "must be group, batch or none")
     cli.check(cfg.loss_agg in ("seq_mean", "token_mean", "constant"), "loss_agg", "must be seq_mean, token_mean "
               "or constant")
@@ -180,39 +194,63 @@ def main(cfg):
     bar = tqdm(total=cfg.steps, initial=step, desc="grpo", disable=not d.is_main, dynamic_ncols=True)
     while step < cfg.steps:
         timer, t0 = grpo.Timer(), time.perf_counter()
-        ids = list(range(cfg.prompts_per_step))[d.rank::d.world_size]
-        global_rows = batch_rows(rows, step, cfg.prompts_per_step, cfg.seed)
-        encoded, bad = [], []
-        for i in ids:
-            row, ex, passed = readable_prompt(enc, rows, global_rows[i], cfg.seed, step, i)
-            encoded.append((dict(row, _prompt_id=i), ex))
-            bad += passed
-        skip_examples += [f"{train_file}:{ln}: {why}" for ln, why in bad][:5 - len(skip_examples)]
-        skipped += int(dist.all_reduce_sum(len(bad)))
-        prompt_rows = [r for r, _ in encoded]
-        pids = [r["_prompt_id"] for r in prompt_rows]
-        batch = {k: v.to(d.device) for k, v in data.collate_prompts([e for _, e in encoded], tok.pad_token_id).items()}
-        policy.eval()
-        with timer("rollout"):
-            gen = grpo.rollout(model, batch, gcfg, eos_ids, tok.pad_token_id, sampling_generators(cfg, step, pids), fsdp)
-        texts = completion_texts(tok, gen, eos_ids)
-        sample_rows = [r for r in prompt_rows for _ in range(cfg.group_size)]
-        per_fn, total = grpo.score(texts, sample_rows, fns, weights)
-        names = list(weights)
-        if use_temporal:  # T-GRPO baseline: the same prompts with shuffled frames
-            shuf = [enc.encode(r, shuffle_seed=cfg.seed + step) for r in prompt_rows]
-            sbatch = {k: v.to(d.device) for k, v in data.collate_prompts(shuf, tok.pad_token_id).items()}
+        # oversample > 1 (DAPO's dynamic sampling): each round draws prompts_per_step more prompts; the update keeps
+        # the first prompts_per_step groups whose rewards differ, since an all-equal group has advantage 0
+        n_draw = cfg.prompts_per_step * cfg.oversample
+        global_rows = batch_rows(rows, step, n_draw, cfg.seed)
+        drawn = []  # per round: (prompt rows, encoded prompts, generation, per-reward scores, total reward)
+        for r in range(cfg.oversample):
+            encoded, bad = [], []
+            for i in list(range(r * cfg.prompts_per_step, (r + 1) * cfg.prompts_per_step))[d.rank::d.world_size]:
+                row, ex, passed = readable_prompt(enc, rows, global_rows[i], cfg.seed, step, i)
+                encoded.append((dict(row, _prompt_id=i), ex))
+                bad += passed
+            skip_examples += [f"{train_file}:{ln}: {why}" for ln, why in bad][:5 - len(skip_examples)]
+            skipped += int(dist.all_reduce_sum(len(bad)))
+            prompt_rows = [r for r, _ in encoded]
+            pids = [r["_prompt_id"] for r in prompt_rows]
+            batch = {k: v.to(d.device) for k, v in data.collate_prompts([e for _, e in encoded],
+                                                                        tok.pad_token_id).items()}
+            policy.eval()
             with timer("rollout"):
-                sgen = grpo.rollout(model, sbatch, gcfg, eos_ids, tok.pad_token_id,
-                                    sampling_generators(cfg, step + 10**6, pids), fsdp)
-            acc = torch.tensor([fns["accuracy"](t, r) for t, r in zip(texts, sample_rows)])
-            sacc = torch.tensor([fns["accuracy"](t, r) for t, r in zip(completion_texts(tok, sgen, eos_ids),
-                                                                         sample_rows)])
-            bonus = grpo.temporal_bonus(acc, sacc, cfg.group_size)
-            total = total + use_temporal * bonus
-            per_fn, names = torch.cat([per_fn, bonus[:, None]], 1), names + ["temporal"]
-        advantages, frac_zero_std = grpo.group_advantages(total, cfg.group_size, cfg.adv_scale)
-        stats = grpo.update(policy, ref, opt, batch, gen, advantages.to(d.device), gcfg, timer, step)
+                gen = grpo.rollout(model, batch, gcfg, eos_ids, tok.pad_token_id, sampling_generators(cfg, step, pids),
+                                   fsdp)
+            texts = completion_texts(tok, gen, eos_ids)
+            sample_rows = [r for r in prompt_rows for _ in range(cfg.group_size)]
+            per_fn, total = grpo.score(texts, sample_rows, fns, weights)
+            names = list(weights)
+            if use_temporal:  # T-GRPO baseline: the same prompts with shuffled frames
+                shuf = [enc.encode(r, shuffle_seed=cfg.seed + step) for r in prompt_rows]
+                sbatch = {k: v.to(d.device) for k, v in data.collate_prompts(shuf, tok.pad_token_id).items()}
+                with timer("rollout"):
+                    sgen = grpo.rollout(model, sbatch, gcfg, eos_ids, tok.pad_token_id,
+                                        sampling_generators(cfg, step + 10**6, pids), fsdp)
+                acc = torch.tensor([fns["accuracy"](t, r) for t, r in zip(texts, sample_rows)])
+                sacc = torch.tensor([fns["accuracy"](t, r) for t, r in zip(completion_texts(tok, sgen, eos_ids),
+                                                                             sample_rows)])
+                bonus = grpo.temporal_bonus(acc, sacc, cfg.group_size)
+                total = total + use_temporal * bonus
+                per_fn, names = torch.cat([per_fn, bonus[:, None]], 1), names + ["temporal"]
+            drawn.append((prompt_rows, [e for _, e in encoded], gen, per_fn, total))
+        # the policy's numbers are over every drawn sample; the update sees the kept groups
+        prompt_rows = [r for rnd in drawn for r in rnd[0]]
+        gen = grpo.cat_generations([rnd[2] for rnd in drawn], tok.pad_token_id)
+        per_fn, total = torch.cat([rnd[3] for rnd in drawn]), torch.cat([rnd[4] for rnd in drawn])
+        sample_rows = [r for r in prompt_rows for _ in range(cfg.group_size)]
+        _, frac_zero_std = grpo.group_advantages(total, cfg.group_size, cfg.adv_scale)
+        keep, kept_global = list(range(len(prompt_rows))), n_draw
+        if cfg.oversample > 1:
+            keep, kept_global = kept_groups(total, [r["_prompt_id"] for r in prompt_rows], cfg, n_draw)
+        examples = [e for rnd in drawn for e in rnd[1]]
+        upd_batch = {k: v.to(d.device) for k, v in data.collate_prompts([examples[i] for i in keep or [0]],
+                                                                        tok.pad_token_id).items()}
+        rows_kept = [i * cfg.group_size + g for i in keep for g in range(cfg.group_size)]
+        upd_gen = grpo.select_generation(gen, rows_kept or list(range(cfg.group_size)))
+        advantages, _ = grpo.group_advantages(total[rows_kept] if keep else torch.zeros(cfg.group_size),
+                                              cfg.group_size, cfg.adv_scale)
+        # a rank left with no kept group joins the collectives with its first group at weight 0 (blank)
+        stats = grpo.update(policy, ref, opt, upd_batch, upd_gen, advantages.to(d.device), gcfg, timer, step,
+                            blank=not keep)
         sched.step()
         step += 1
         checkpoint.crash_point("step", step)
@@ -229,6 +267,9 @@ def main(cfg):
                    train_tok_s=n_gen * cfg.num_iterations / max(timer.t.get("update", 0), 1e-9),
                    **{f"time/{k}": v for k, v in timer.t.items()}, step_s=time.perf_counter() - t0,
                    lr=sched.get_last_lr()[0], **stats, skipped=skipped)
+        if cfg.oversample > 1:
+            # prompts rolled out / kept for the update, and ranks that had none of theirs kept (all ranks)
+            rec.update(drawn=n_draw, kept=kept_global, idle_ranks=int(dist.all_reduce_sum(int(not keep))))
         if "accuracy" in names:
             mc = [i for i, r in enumerate(sample_rows) if r.get("task", "mcq") != "route"]
             rec["accuracy"] = per_fn[mc, names.index("accuracy")].mean().item() if mc else 0.0

@@ -211,14 +211,38 @@ def rollout(model, batch, cfg, eos_token_ids, pad_token_id, generator=None, sync
                     top_p=cfg.top_p, generator=generator, sync_ranks=sync_ranks)
 
 
-def update(policy, ref_model, optimizer, prompts, gen, advantages, cfg, timer, step=None):
+def cat_generations(gens, pad_token_id):
+    """One Generation from several (rows stacked, completions right-padded to the longest)."""
+    from st_r1.generate import Generation
+    if len(gens) == 1:
+        return gens[0]
+    width = max(g.tokens.shape[1] for g in gens)
+
+    def pad(x, value):
+        return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+    return Generation(torch.cat([pad(g.tokens, pad_token_id) for g in gens]),
+                      torch.cat([pad(g.logprobs, 0.0) for g in gens]), torch.cat([pad(g.mask, False) for g in gens]),
+                      torch.cat([g.truncated for g in gens]))
+
+
+def select_generation(gen, rows):
+    """The given completion rows of a Generation, trimmed to their longest completion."""
+    from st_r1.generate import Generation
+    rows = torch.as_tensor(rows, dtype=torch.long)
+    used = max(1, int(gen.mask[rows].sum(1).max()))
+    return Generation(gen.tokens[rows, :used], gen.logprobs[rows, :used], gen.mask[rows, :used], gen.truncated[rows])
+
+
+def update(policy, ref_model, optimizer, prompts, gen, advantages, cfg, timer, step=None, blank=False):
     """mu optimiser steps on one rollout batch. prompts: the collated prompts, once each (gen has G rows per prompt).
-    The loss normalisers are summed over ranks and micro-batches so every split gives the full-batch gradient."""
+    The loss normalisers are summed over ranks and micro-batches so every split gives the full-batch gradient.
+    blank: this rank has no rows to learn from (dynamic sampling kept none of its groups); it makes the others'
+    number of passes with the given rows at weight 0, so that every rank joins every collective."""
     import torch.distributed as dist
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     mask = gen.mask & ~gen.truncated.unsqueeze(1) if cfg.mask_truncated else gen.mask
-    n_rows = mask.shape[0]
-    num_seqs, num_tokens = _global(n_rows), _global(mask.sum().item())
+    n_rows = 0 if blank else mask.shape[0]
+    num_seqs, num_tokens = _global(n_rows), _global(0 if blank else mask.sum().item())
     G = cfg.group_size
     per = max(1, cfg.micro_batch // G)  # prompts per micro-batch: whole groups share one prompt pass
     n_prompts = prompts["input_ids"].shape[0]
@@ -226,10 +250,10 @@ def update(policy, ref_model, optimizer, prompts, gen, advantages, cfg, timer, s
     chunks = [list(range(g[0] * G, (g[-1] + 1) * G)) for g in groups]  # their completion rows
     # Every rank makes the same number of passes (FSDP2 gathers in each; ranks may hold different numbers of
     # prompts): a rank with fewer repeats its first micro-batch with weight 0.
-    n_passes = int(_global(len(chunks), "max"))
+    n_passes = int(_global(0 if blank else len(chunks), "max"))
     ref_logp = None
     with timer("logprob"), torch.no_grad():
-        if cfg.beta and ref_model is not None:
+        if cfg.beta and ref_model is not None and not blank:
             ref_logp = torch.cat([completion_logprobs(ref_model, select_rows(prompts, g), gen.tokens[c], mask[c],
                                                       cfg.temperature, group_size=G)[0] for g, c in zip(groups, chunks)])
     # mu = 1: pi_old is the current policy, ratio = exp(logp - logp.detach()) = 1 (the authors' setting).
@@ -241,7 +265,7 @@ def update(policy, ref_model, optimizer, prompts, gen, advantages, cfg, timer, s
         optimizer.zero_grad(set_to_none=True)
         with timer("update"):
             for k in range(n_passes):
-                pad = k >= len(chunks)
+                pad = blank or k >= len(chunks)
                 g, c = (groups[0], chunks[0]) if pad else (groups[k], chunks[k])
                 sync = k == n_passes - 1 or not hasattr(policy, "no_sync")
                 ctx = torch.enable_grad() if sync else policy.no_sync()

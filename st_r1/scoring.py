@@ -36,6 +36,27 @@ def acc_stat(flags):
     return {"n": n, "correct": k, "accuracy": k / n if n else None, "ci_low": lo, "ci_high": hi}
 
 
+def paired_diff(a, b, z=1.96):
+    """Accuracy of A minus that of B on the same questions (right / wrong flags, aligned), with Newcombe's hybrid
+    score interval for paired proportions (Newcombe 1998, method 10): the two Wilson intervals combined with the
+    correlation phi of the 2x2 table. Only the discordant questions move the difference; 95% by default."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired flags must be aligned and non-empty ({len(a)} vs {len(b)})")
+    n = len(a)
+    both = sum(1 for x, y in zip(a, b) if x and y)
+    only_a = sum(1 for x, y in zip(a, b) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b) if y and not x)
+    neither = n - both - only_a - only_b
+    p1, p2 = (both + only_a) / n, (both + only_b) / n
+    (l1, u1), (l2, u2) = wilson(both + only_a, n, z), wilson(both + only_b, n, z)
+    margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
+    phi = (both * neither - only_a * only_b) / math.sqrt(margins) if margins else 0.0
+    lo = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    hi = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    return {"n": n, "diff": p1 - p2, "ci_low": p1 - p2 - lo, "ci_high": p1 - p2 + hi, "only_a": only_a,
+            "only_b": only_b}
+
+
 def mean_stat(items):
     """Mean of each rubric part; 95% normal interval of the mean total score."""
     n = len(items)

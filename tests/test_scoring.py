@@ -279,3 +279,28 @@ def test_paper_judge_sees_the_question_and_the_whole_untagged_reply(judge_url):
     assert "PREDICTED: Turn left, then pass a red door" in prompt and "do NOT" in prompt
     S.score_rows(rows, ["Turn left, then pass a red door"], judge_url=judge_url)  # strict: our template
     assert len(Judge.requests) == 2 and "QUESTION" not in Judge.requests[-1][1]["messages"][-1]["content"]
+
+
+def test_paired_diff_hand_computed_and_against_a_paired_bootstrap():
+    from st_r1.scoring import paired_diff
+    # one question of each kind (both right, only A, only B, neither): phi = (1*1 - 1*1) / 4 = 0, p1 = p2 = 1/2;
+    # Wilson(2, 4): centre 1/2, half-width 1.96 * sqrt(1/16 + 1.96^2/64) / (1 + 1.96^2/4) = 0.349965, so each side
+    # of the interval is sqrt(2) * 0.349965 = 0.494925
+    d = paired_diff([1, 1, 0, 0], [1, 0, 1, 0])
+    assert d["diff"] == 0 and d["only_a"] == d["only_b"] == 1
+    assert d["ci_low"] == pytest.approx(-0.494925, abs=1e-6) and d["ci_high"] == pytest.approx(0.494925, abs=1e-6)
+    # swapping A and B mirrors the interval
+    rng = __import__("random").Random(0)
+    a = [rng.random() < 0.85 for _ in range(800)]
+    b = [x if rng.random() < 0.9 else not x for x in a]
+    ab, ba = paired_diff(a, b), paired_diff(b, a)
+    assert ab["diff"] == pytest.approx(-ba["diff"]) and ab["ci_low"] == pytest.approx(-ba["ci_high"])
+    # at n = 800 it agrees with a percentile bootstrap of the paired differences to within a point
+    import numpy as np
+    diffs = np.array(a, float) - np.array(b, float)
+    boot = np.random.default_rng(0).choice(diffs, (4000, len(diffs))).mean(1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    assert abs(ab["ci_low"] - lo) < 0.01 and abs(ab["ci_high"] - hi) < 0.01, (ab, lo, hi)
+    assert ab["ci_low"] < ab["diff"] < ab["ci_high"]
+    with pytest.raises(ValueError):
+        paired_diff([1, 0], [1])

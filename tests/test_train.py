@@ -159,3 +159,35 @@ def test_no_readable_row_is_a_failure_on_every_rank(tiny, tmp_path):
     p = run("train_grpo.py", common(tiny, tmp_path / "grpo") + ["--prompts-per-step", 2, "--group-size", 2] + flags,
             nproc=2)
     assert p.returncode != 0 and "no row has a readable video (all 16 tried)" in p.stderr, p.stderr[-2000:]
+
+
+def test_kept_groups_are_the_first_with_spread_in_slot_order():
+    """DAPO's dynamic sampling keeps, of the drawn prompts in slot order, the first prompts_per_step whose rewards
+    differ; this rank gets back the indices of its own kept prompts."""
+    import types
+
+    import train_grpo
+    cfg = types.SimpleNamespace(group_size=2, prompts_per_step=2)
+    # this rank holds slots 4, 1, 2 (any order); slot 1 all-equal, 2 and 4 spread; slot 0 (another rank's) spread
+    total = torch.tensor([1.0, 0.0, 0.5, 0.5, 0.0, 1.0])
+    keep, n = train_grpo.kept_groups(total, [4, 1, 2], cfg, 6)
+    assert keep == [0, 2] and n == 2  # slots 2 and 4: the first two with spread among slots 1..5 this rank sees
+    keep, n = train_grpo.kept_groups(torch.ones(6), [4, 1, 2], cfg, 6)
+    assert keep == [] and n == 0
+
+
+def test_grpo_dynamic_sampling_two_ranks_equal_one_process(tiny, tmp_path):
+    """--oversample 2: 2 x 2 prompts drawn a step, 2 groups kept (the first with spread), the same on 1 and 2 ranks;
+    the log says how many were drawn and kept."""
+    args = ["--steps", 2, "--prompts-per-step", 2, "--oversample", 2, "--group-size", 4, "--max-new-tokens", 12,
+            "--micro-batch", 4, "--lr", 1e-2, "--beta", 0.04, "--reward-weights", "brevity=1,format=1"]
+    for n in (1, 2):
+        p = run("train_grpo.py", common(tiny, tmp_path / f"n{n}") + args, nproc=n)
+        assert p.returncode == 0, p.stderr[-3000:]
+    assert_same(tmp_path / "n1", tmp_path / "n2", "reward", 1e-4)
+    recs = log(tmp_path / "n1")
+    assert [(r["drawn"], r["kept"]) for r in recs] == [(4, 2), (4, 2)] and all(r["grad_norm"] > 0 for r in recs)
+    # no group with spread (format alone: a random model never writes the tags): nothing to learn, no update
+    p = run("train_grpo.py", common(tiny, tmp_path / "none") + args[:-1] + ["format=1"], nproc=2)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert [(r["kept"], r["grad_norm"]) for r in log(tmp_path / "none")] == [(0, 0.0), (0, 0.0)]
