@@ -147,6 +147,8 @@ def main(cfg):
     validate(cfg, d.world_size)
     cfg.resume = cfg.resume or bool(cfg.resume_from)
     runs.refuse_mixing(cfg.out, cfg.resume)  # before anything is loaded or written
+    for change in runs.resume_changes(cfg.out, cfg) if cfg.resume else ():
+        dist.log(f"warning: resuming {cfg.out} with a flag changed from its config.json, {change}")
     dist.seed_everything(cfg.seed, d.rank)
     if not cfg.model and checkpoint.latest_model("runs/sft"):
         cfg.model = checkpoint.latest_model("runs/sft")  # the default chain: SFT, then GRPO

@@ -49,6 +49,7 @@ class Config:
     eval_limit: int = 128
     max_new_tokens: int = 256     # the longest reference CoT on the synthetic world is ~230 tokens
     save_every: int = 100
+    keep_every: int = 0            # also keep the checkpoints at multiples of this (the newest 2 are always kept)
     seed: int = 0
 
 
@@ -80,6 +81,8 @@ def main(cfg):
     validate(cfg, d.world_size)
     cfg.resume = cfg.resume or bool(cfg.resume_from)
     runs.refuse_mixing(cfg.out, cfg.resume)  # before anything is loaded or written
+    for change in runs.resume_changes(cfg.out, cfg) if cfg.resume else ():
+        dist.log(f"warning: resuming {cfg.out} with a flag changed from its config.json, {change}")
     dist.seed_everything(cfg.seed, d.rank)
     model_dir, train_file, eval_file = data.resolve_defaults(cfg, is_main=d.is_main)
     # the rows first: a typo in the data costs seconds, not the minutes of loading a 7B checkpoint
@@ -178,7 +181,8 @@ def main(cfg):
         bar.update(1)
         if step % cfg.save_every == 0 or step == cfg.steps:
             checkpoint.save_checkpoint(cfg.out, step, policy, opt, sched,
-                                 dict(step=step, skipped=skipped, skip_examples=skip_examples), tokenizer=tok)
+                                 dict(step=step, skipped=skipped, skip_examples=skip_examples), tokenizer=tok,
+                                       keep_every=cfg.keep_every)
     bar.close()
     if skipped:
         dist.log(f"skipped {skipped} rows with unreadable videos (all ranks), e.g. {(skip_examples or ['?'])[0]}")

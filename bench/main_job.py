@@ -1,16 +1,19 @@
-"""The main job: synthetic bench -> SFT the tiny base model -> GRPO -> evaluate, for the five arms of the paper's
-ablation (the base model, answer-only SFT, reverse-thinking CoT SFT, + GRPO with the accuracy reward, + GRPO with the
-reverse-thinking reward), over several seeds, ending in one per-task table (forward vs reverse, 95% CIs). Every
-trained arm is also evaluated with each question given another video's frames: the column that shows whether the
-answers come from the video (chance) or from the text of the question and its options (above chance).
+"""The main job: synthetic bench -> SFT the tiny base model -> GRPO -> evaluate, for the arms of the paper's ablation
+(the base model, answer-only SFT, reverse-thinking CoT SFT, + GRPO with the accuracy reward, + GRPO with the
+reverse-thinking reward), an equal-compute control (CoT SFT trained on for GRPO's wall time, on GRPO's walks) and the
+paper's weak-start case (GRPO from CoT SFT stopped halfway), over several seeds, ending in one per-task table
+(forward vs reverse, 95% CIs) and the paired differences that judge GRPO. Every trained arm is also evaluated with
+each question given another video's frames: the column that shows whether the answers come from the video (chance)
+or from the text of the question and its options (above chance).
 
-    python bench/main_job.py                      # ~35 min on 2 CPU cores; rerun the same command to resume
+    python bench/main_job.py                      # ~55 min on 2 CPU cores; rerun the same command to resume
 
 Every stage is one of the three top-level scripts run as a subprocess with the flags printed above it, so the job
 reads as the recipe a user would type. A stage whose result exists is skipped; a stopped training stage continues
 from its last checkpoint (--resume) and a stopped evaluation from its predictions file.
 """
 import json
+import math
 import os
 import subprocess
 import sys
@@ -21,9 +24,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from st_r1 import checkpoint, cli, scoring  # noqa: E402
 
-ARMS = ("untrained", "sft_answer", "sft_cot", "grpo_accuracy", "grpo_reverse")
+ARMS = ("untrained", "sft_answer", "sft_cot", "grpo_accuracy", "grpo_reverse", "sft_more", "sft_weak", "grpo_weak")
 TITLES = {"untrained": "base model (no SFT)", "sft_answer": "answer-only SFT", "sft_cot": "reverse-thinking CoT SFT",
-          "grpo_accuracy": "CoT SFT + GRPO, accuracy reward", "grpo_reverse": "CoT SFT + GRPO, reverse-thinking reward"}
+          "grpo_accuracy": "CoT SFT + GRPO, accuracy reward", "grpo_reverse": "CoT SFT + GRPO, reverse-thinking reward",
+          "sft_more": "CoT SFT + more CoT SFT (control: GRPO's walks, its wall time)",
+          "sft_weak": "weak start: CoT SFT stopped at step {weak} of {steps}",
+          "grpo_weak": "weak start + GRPO, accuracy reward"}
+SHORT = {"sft_cot": "CoT SFT", "grpo_accuracy": "GRPO (accuracy)", "grpo_reverse": "GRPO (reverse thinking)",
+         "sft_more": "more CoT SFT", "sft_weak": "weak start", "grpo_weak": "weak start + GRPO"}
+# the paired difference each arm is judged by: (arm, against) on the same questions and seeds
+PAIRS = (("grpo_accuracy", "sft_cot"), ("grpo_reverse", "grpo_accuracy"), ("sft_more", "sft_cot"),
+         ("grpo_accuracy", "sft_more"), ("grpo_weak", "sft_weak"))
+GRPO_WEIGHTS = {"grpo_accuracy": "format=0.5,accuracy=1", "grpo_weak": "format=0.5,accuracy=1",
+                "grpo_reverse": "format=0.5,accuracy=1,reverse_thinking=0.5"}
 
 
 @dataclass
@@ -34,15 +47,20 @@ class Job:
     seeds: str = "0,1"
     n_videos: int = 500           # training videos (8 questions each); 125 at 600 steps: 63% (RESULTS)
     n_test: int = 50              # held-out videos (8 questions each: 4 tasks x forward / reverse)
+    rl_videos: int = 500          # fresh training walks (world seed 1) for GRPO and for its control, never SFT'd on
     sft_steps: int = 600          # 300 gave 37-41% (125-1,000 videos), 600 with 500 videos 81%
     sft_batch: int = 16
     sft_lr: float = 5e-4          # a pretrained base: lower than from scratch, so SFT does not wash out what it sees
-    grpo_steps: int = 20
-    grpo_prompts: int = 4         # prompts per GRPO step, each with grpo_group samples
+    weak_steps: int = 300         # sft_cot's checkpoint kept as the weak start (the paper's "ST-CoT below base" case)
+    grpo_steps: int = 20          # p16 x G8 on fresh walks: 82.7 at 20 steps, 83.3 at 40, 82.3-83.7 to 100 (RESULTS)
+    grpo_prompts: int = 16        # prompts per GRPO step, each with grpo_group samples (4: +0.1 in 20 steps)
     grpo_group: int = 8
-    grpo_lr: float = 1e-5         # larger lost CoT SFT's accuracy within the 20 steps (RESULTS: the GRPO sweep)
+    grpo_lr: float = 2e-5         # 4e-5 gave the same, 1e-4 lost 2-8 points (RESULTS: the GRPO sweep)
     grpo_temperature: float = 0.7  # at 1.0 the tiny model's sampled chains of thought were right 6-25% of the time
     grpo_beta: float = 0.04
+    grpo_oversample: int = 2      # DAPO's dynamic sampling: draw 2x the prompts, train the groups with reward spread
+    more_sft_steps: int = 200     # the control: as many seconds of CoT SFT as grpo_steps of GRPO (~1.3 s vs ~14 s)
+    more_sft_lr: float = 5e-5     # constant: sft_cot's final lr
     max_new_tokens: int = 256     # the longest reference CoT on the world is ~230 tokens
     eval_batch: int = 32
     route_len: int = 0            # the world's difficulty dial (0: the default world, 3 straight segments and 1-2
@@ -78,32 +96,46 @@ def evaluate(model, bench, out, job, env):
 
 
 def one_seed(job, seed, world, env):
-    """All five arms for one seed; returns {arm: scores} and {arm: scores with another video's frames}."""
+    """Every arm for one seed; returns {arm: scores} and {arm: scores with another video's frames}."""
     d, test, other = os.path.join(job.out, f"seed{seed}"), os.path.join(world, "test.jsonl"), \
         os.path.join(world, "test_other_video.jsonl")
+    rl = os.path.join(world, "rl")
     base = job.base if os.path.isabs(job.base) else os.path.join(ROOT, job.base)
     if not os.path.exists(os.path.join(base, "config.json")):
         raise SystemExit(f"{base}: no base model; make it with python bench/pretrain_base.py (see its docstring)")
     sft = ["--model", base, "--bench", world, "--seed", str(seed), "--batch-size", str(job.sft_batch),
-           "--lr", str(job.sft_lr), "--eval-every", "0", "--save-every", "50"]
-    grpo = ["--bench", world, "--train-file", os.path.join(world, "train_mcq.jsonl"), "--seed", str(seed),
+           "--lr", str(job.sft_lr), "--eval-every", "0"]
+    # GRPO reads only questions and answers: its prompts come from fresh walks (the CoT of a walk SFT saw is known)
+    grpo = ["--bench", world, "--train-file", os.path.join(rl, "train_mcq.jsonl"), "--seed", str(seed),
             "--prompts-per-step", str(job.grpo_prompts), "--group-size", str(job.grpo_group), "--lr", str(job.grpo_lr),
             "--beta", str(job.grpo_beta), "--max-new-tokens", str(job.max_new_tokens), "--save-every", "10",
-            "--temperature", str(job.grpo_temperature),
-            "--micro-batch", str(job.grpo_prompts * job.grpo_group)]
+            "--temperature", str(job.grpo_temperature), "--micro-batch", "32", "--oversample", str(job.grpo_oversample)]
     arms = set(job.arms.split(","))
     models = {"untrained": base}
     if "sft_answer" in arms:
         models["sft_answer"] = train("train_sft.py", os.path.join(d, "sft_answer"), job.sft_steps,
-                                     sft + ["--answer-only"], env)
-    if any(a in arms for a in ARMS[2:]):
-        models["sft_cot"] = train("train_sft.py", os.path.join(d, "sft_cot"), job.sft_steps, sft, env)
+                                     sft + ["--answer-only", "--save-every", "50"], env)
+    if arms & set(ARMS[2:]):
+        every = math.gcd(50, job.weak_steps)  # a checkpoint at weak_steps, kept when later ones are pruned
+        models["sft_cot"] = train("train_sft.py", os.path.join(d, "sft_cot"), job.sft_steps,
+                                  sft + ["--save-every", str(every), "--keep-every", str(job.weak_steps)], env)
+        if arms & {"sft_weak", "grpo_weak"}:
+            models["sft_weak"] = os.path.join(d, "sft_cot", f"ckpt-{job.weak_steps:08d}", "model")
+            if not os.path.isdir(models["sft_weak"]):
+                raise SystemExit(f"{models['sft_weak']} is missing (sft_cot was trained before it was kept): "
+                                 f"remove {os.path.join(d, 'sft_cot')} to retrain it, or leave out the weak arms")
     # the authors' released code rewards format + accuracy; ST-R1 (paper Sec. 3.3) adds the reverse-thinking reward
-    for arm, weights in (("grpo_accuracy", "format=0.5,accuracy=1"),
-                         ("grpo_reverse", "format=0.5,accuracy=1,reverse_thinking=0.5")):
+    for arm, start in (("grpo_accuracy", "sft_cot"), ("grpo_reverse", "sft_cot"), ("grpo_weak", "sft_weak")):
         if arm in arms:
             models[arm] = train("train_grpo.py", os.path.join(d, arm), job.grpo_steps,
-                                grpo + ["--model", models["sft_cot"], "--reward-weights", weights], env)
+                                grpo + ["--model", models[start], "--reward-weights", GRPO_WEIGHTS[arm]], env)
+    if "sft_more" in arms:  # the equal-compute control: the same fresh walks, with the world's CoT written out
+        models["sft_more"] = train("train_sft.py", os.path.join(d, "sft_more"), job.more_sft_steps,
+                                   ["--model", models["sft_cot"], "--bench", world, "--train-file",
+                                    os.path.join(rl, "train.jsonl"), "--seed", str(seed), "--batch-size",
+                                    str(job.sft_batch), "--lr", str(job.more_sft_lr), "--warmup", "0",
+                                    "--min-lr-ratio", "1", "--eval-every", "0", "--save-every", "50"], env)
+    models = {arm: m for arm, m in models.items() if arm == "untrained" or arm in arms}
     scores = {arm: evaluate(m, test, os.path.join(d, arm + ".json"), job, env) for arm, m in models.items()}
     blind = {arm: evaluate(m, other, os.path.join(d, arm + ".other_video.json"), job, env)
              for arm, m in models.items() if arm != "untrained"}
@@ -111,16 +143,21 @@ def one_seed(job, seed, world, env):
 
 
 def make_world(job, world):
-    """The synthetic bench, its multiple-choice training rows for GRPO (routes have no letter to reward), and the
-    test split with every question given the next video's frames (same questions, options and answers)."""
+    """The synthetic bench, a second set of training walks for GRPO and its control (world/rl), and the test split with every question given the next video's frames (same questions, options and answers)."""
     if not os.path.exists(os.path.join(world, "test.jsonl")):
         from st_r1.world import make_bench
         # 16 rendered frames: the model samples 8, and the world centres every event on one of them
         make_bench(world, n_videos=job.n_videos, n_test=job.n_test, seed=0, split="both", frames=16,
                    route_len=job.route_len or None, landmarks=job.landmarks or None)
-    mcq = os.path.join(world, "train_mcq.jsonl")
-    if not os.path.exists(mcq):
-        with open(os.path.join(world, "train.jsonl")) as f, open(mcq + ".tmp", "w") as g:
+    rl = os.path.join(world, "rl")
+    if not os.path.exists(os.path.join(rl, "train.jsonl")):
+        from st_r1.world import make_bench
+        # another world seed: other maps and walks than the SFT rows and the test split
+        make_bench(rl, n_videos=job.rl_videos, seed=1, split="train", frames=16,
+                   route_len=job.route_len or None, landmarks=job.landmarks or None)
+    mcq = os.path.join(rl, "train_mcq.jsonl")
+    if not os.path.exists(mcq):  # GRPO's rows: the route task has no letter to reward
+        with open(os.path.join(rl, "train.jsonl")) as f, open(mcq + ".tmp", "w") as g:
             g.writelines(line for line in f if json.loads(line)["task"] != "route")
         os.replace(mcq + ".tmp", mcq)
     other = os.path.join(world, "test_other_video.jsonl")
@@ -163,11 +200,28 @@ def pooled(per_seed, arm):
     return ({g: scoring.acc_stat(v) for g, v in mcq.items()}, {g: scoring.mean_stat(v) for g, v in route.items()})
 
 
-def table(per_seed, seeds, blind):
+def flags(per_seed, arm):
+    """The arm's right / wrong flag per multiple-choice question, seed after seed (aligned across arms)."""
+    return [r["correct"] for scores in per_seed for r in sorted(scores[arm]["rows"], key=lambda r: r["index"])
+            if "correct" in r]
+
+
+def train_minutes(job, seeds, arm):
+    """Mean over seeds of the arm's training steps' wall time (its log.jsonl), in minutes."""
+    total = []
+    for seed in seeds:
+        log = os.path.join(job.out, f"seed{seed}", arm, "log.jsonl")
+        if os.path.exists(log):
+            with open(log) as f:
+                total.append(sum(json.loads(line).get("step_s", 0.0) for line in f if line.strip()) / 60)
+    return f"{sum(total) / len(total):.1f}" if total else "-"
+
+
+def table(job, per_seed, seeds, blind):
     cols = [(t, d) for t in scoring.TASKS for d in ("forward", "reverse")]
     head = ("| model | " + " | ".join(f"{t} {d[:3]}" for t, d in cols) +
-            " | MC all [95% CI] | MC all per seed | MC all, another video's frames [95% CI] |")
-    lines = [head, "|" + "---|" * (len(cols) + 4)]
+            " | MC all [95% CI] | MC all per seed | MC all, another video's frames [95% CI] | train min |")
+    lines = [head, "|" + "---|" * (len(cols) + 5)]
     for arm in ARMS:
         mcq, route = pooled(per_seed, arm)
         if not mcq:  # an arm left out with --arms
@@ -180,20 +234,36 @@ def table(per_seed, seeds, blind):
             cells.append("-" if not s else f"{s['score']:.2f}" if t == "route" else f"{100 * s['accuracy']:.0f}")
         o = mcq["overall"]
         seeds_acc = " / ".join(f"{100 * s[arm]['overall']['accuracy']:.1f}" for s in per_seed)
-        lines.append(f"| {TITLES[arm]} | " + " | ".join(cells) +
+        title = TITLES[arm].format(weak=job.weak_steps, steps=job.sft_steps)
+        lines.append(f"| {title} | " + " | ".join(cells) +
                      f" | **{100 * o['accuracy']:.1f}** [{100 * o['ci_low']:.1f}, {100 * o['ci_high']:.1f}] | "
-                     f"{seeds_acc} | {other} |")
+                     f"{seeds_acc} | {other} | {train_minutes(job, seeds, arm)} |")
     n_cell = pooled(per_seed, "untrained")[0].get("direction/forward", {}).get("n", 0)
     notes = (f"\nSeeds {seeds}; multiple-choice cells: accuracy % over {n_cell} answers (the test questions x seeds; "
              "chance is 25% for a model that answers in the format, 0% for one that does not); route cells: the "
              "deterministic rubric score (0-5, mean of direction / landmark / semantic). 95% Wilson interval on the "
-             "pooled answers; per-cell intervals are in each seed's scores JSON. Last column: the same model and "
-             "questions, each question shown the next test video's frames (chance if the answers come from the video).")
-    return "\n".join(lines) + "\n" + notes
+             "pooled answers; per-cell intervals are in each seed's scores JSON. Another video's frames: the same "
+             "model and questions, each question shown the next test video's frames (chance if the answers come "
+             "from the video). Train min: the arm's own training steps, mean over seeds (GRPO and the control start "
+             "from CoT SFT's model).")
+    pairs = ["", "| A - B, multiple choice, all seeds | difference, points | paired 95% CI | questions only A / "
+             "only B got right |", "|---|---|---|---|"]
+    for arm, ref in PAIRS:
+        if pooled(per_seed, arm)[0] and pooled(per_seed, ref)[0]:
+            p = scoring.paired_diff(flags(per_seed, arm), flags(per_seed, ref))
+            pairs.append(f"| {SHORT[arm]} - {SHORT[ref]} | **{100 * p['diff']:+.1f}** | "
+                         f"[{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}] | {p['only_a']} / {p['only_b']} |")
+    pairs.append("\nPaired: the same questions and seeds for A and B (Newcombe's interval for paired proportions, "
+                 "scoring.paired_diff); only the questions one got right and the other wrong move it.")
+    return "\n".join(lines) + "\n" + notes + ("\n" + "\n".join(pairs) if len(pairs) > 4 else "")  # a pair row is there
+
+
+def _smooth(xs, k=5):
+    return [sum(xs[max(0, i - k + 1):i + 1]) / len(xs[max(0, i - k + 1):i + 1]) for i in range(len(xs))]
 
 
 def plot(job, seeds, path):
-    """Reward and accuracy curves of the GRPO runs (matplotlib is a bench-only extra: skipped if missing)."""
+    """Curves of the GRPO runs (matplotlib is a bench-only extra: skipped if missing)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -201,8 +271,10 @@ def plot(job, seeds, path):
     except ImportError:
         print("matplotlib not installed (pip install -r bench/requirements.txt): no plot")
         return
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for arm, color in (("grpo_accuracy", "tab:blue"), ("grpo_reverse", "tab:red")):
+    panels = (("reward", "mean reward (its own weights)"), ("accuracy", "sampled answer accuracy"),
+              ("frac_zero_std", "groups with no reward spread"), ("entropy", "per-token entropy (nats)"))
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for arm, color in (("grpo_accuracy", "tab:blue"), ("grpo_reverse", "tab:red"), ("grpo_weak", "tab:green")):
         for k, seed in enumerate(seeds):
             log = os.path.join(job.out, f"seed{seed}", arm, "log.jsonl")
             if not os.path.exists(log):
@@ -211,14 +283,17 @@ def plot(job, seeds, path):
                 recs = [json.loads(line) for line in f if line.strip()]
             steps = [r["step"] for r in recs]
             label = TITLES[arm].replace("CoT SFT + GRPO, ", "") if k == 0 else None
-            axes[0].plot(steps, [r["reward"] for r in recs], color=color, alpha=0.8, ls="-:"[k % 2], label=label)
-            axes[1].plot(steps, [r["accuracy"] for r in recs], color=color, alpha=0.8, ls="-:"[k % 2], label=label)
-    for ax, name in zip(axes, ("mean reward (its own weights)", "sampled answer accuracy")):
+            for ax, (key, _) in zip(axes, panels):  # faint: each step; bold: mean of the last 5 steps
+                ys = [r[key] for r in recs]
+                ax.plot(steps, ys, color=color, alpha=0.25, ls="-:"[k % 2])
+                ax.plot(steps, _smooth(ys), color=color, alpha=0.9, ls="-:"[k % 2], label=label)
+    for ax, (_, name) in zip(axes, panels):
         ax.set_xlabel("GRPO step")
-        ax.set_title(name)
+        ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
-    fig.suptitle(f"GRPO on the synthetic world (seeds {', '.join(map(str, seeds))}: solid / dotted)", fontsize=10)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"GRPO on the synthetic world (seeds {', '.join(map(str, seeds))}: solid / dotted; bold: mean of "
+                 "5 steps)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"plot written to {path}")
@@ -246,8 +321,9 @@ def main(job):
         print(f"{len(seeds)} seeds, {jobs} at a time; each seed's stages log to {job.out}/seed*/job.log")
         with mp.get_context("spawn").Pool(jobs) as pool:
             futures = [pool.apply_async(seed_worker, (job, seed, world, env)) for seed in seeds]
-            trained = set(job.arms.split(",")) - {"untrained"}  # each: trained, evaluated, evaluated blind
-            with tqdm(total=len(seeds) * (1 + 3 * len(trained)), desc="main job (stages)") as bar:
+            arms = set(job.arms.split(",")) - {"untrained"}  # each: trained, evaluated, evaluated blind
+            per_seed = 1 + 3 * len(arms) - ("sft_weak" in arms)  # sft_weak is a checkpoint of sft_cot
+            with tqdm(total=len(seeds) * per_seed, desc="main job (stages)") as bar:
                 while not all(f.ready() for f in futures):  # progress: the stage results written so far
                     time.sleep(5)
                     bar.update(stages_done(job, seeds) - bar.n)
@@ -255,7 +331,7 @@ def main(job):
     per_seed, blind = [r[0] for r in results], [r[1] for r in results]
     text = (f"## Main job: the ST-R1 ablation on the synthetic world\n\nCommand: `python bench/main_job.py"
             f"{''.join(' ' + a for a in sys.argv[1:])}`".replace(".py `", ".py`") + f" ({(time.time() - t0) / 60:.1f} min of this invocation)\n\n"
-            + table(per_seed, seeds, blind) + "\n")
+            + table(job, per_seed, seeds, blind) + "\n")
     print("\n" + text)
     with open(os.path.join(job.out, "results.md"), "w") as f:
         f.write(text)

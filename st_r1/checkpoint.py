@@ -195,9 +195,11 @@ def latest_checkpoint(run_dir):
     return ckpts[-1] if ckpts else None
 
 
-def save_checkpoint(run_dir, step, model, optimizer, scheduler=None, extra=None, keep=2, tokenizer=None):
+def save_checkpoint(run_dir, step, model, optimizer, scheduler=None, extra=None, keep=2, tokenizer=None,
+                    keep_every=0):
     """Write run_dir/ckpt-{step:08d} atomically (all ranks must call: FSDP2 gathers are collective).
-    Only rank 0 writes, except each rank's RNG file. keep: newest checkpoints kept (None: all).
+    Only rank 0 writes, except each rank's RNG file. keep: newest checkpoints kept (None: all); keep_every > 0
+    also keeps those whose step is a multiple of it.
     With `tokenizer`, model/ is a complete Hugging Face folder that evaluate.py or transformers can load."""
     d, name = current(), f"ckpt-{step:08d}"
     final, tmp = os.path.join(run_dir, name), os.path.join(run_dir, f".tmp-{name}")
@@ -245,7 +247,7 @@ def save_checkpoint(run_dir, step, model, optimizer, scheduler=None, extra=None,
             shutil.rmtree(old, ignore_errors=True)
         if keep:
             for p in list_checkpoints(run_dir)[:-keep]:
-                if p != final:
+                if p != final and not (keep_every and int(os.path.basename(p).split("-")[1]) % keep_every == 0):
                     shutil.rmtree(p, ignore_errors=True)
     barrier()
     return final

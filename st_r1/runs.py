@@ -2,6 +2,7 @@
 
 One run per folder, a log that matches the resumed weights, and a sha256 per checkpoint file so that flipped bytes
 are found at load time and not as a NaN loss later."""
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,6 +25,20 @@ def refuse_mixing(out, resume):
     if found:
         raise UserError(f"--out {out} holds an earlier run ({', '.join(found[:4])}): continue it with --resume, or "
                         f"give a fresh --out")
+
+
+def resume_changes(out, cfg):
+    """On --resume: 'flag: old -> new' for each flag that differs from the run's config.json (steps, and the flags
+    that only say where to resume, aside). A resumed run with a forgotten flag silently trains something else."""
+    path = os.path.join(out, "config.json")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    new = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    skip = {"out", "resume", "resume_from", "steps"} | ({"model"} if not new.get("model") else set())
+    return [f"--{k.replace('_', '-')}: {old[k]!r} -> {v!r}" for k, v in new.items()
+            if k not in skip and k in old and old[k] != v]
 
 
 def trim_log(out, step):

@@ -1,5 +1,6 @@
 """Bad rows, bad videos, bad flags, bad run folders and corrupt checkpoints (issue 15, items 9-18, 20): each gets a
 named error or is skipped and counted; nothing crashes later, mixes two runs, or trains on a flipped byte."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -129,6 +130,17 @@ def test_resume_drops_the_log_records_it_redoes(tmp_path):
     assert (tmp_path / "log.jsonl").read_text() == '{"step": 1}\n{"step": 2}\n'
 
 
+def test_resume_names_each_flag_changed_since_the_run_began(tmp_path):
+    """A resume that forgets --reward-weights trains on another reward: say so, flag by flag."""
+    cfg = train_grpo.Config(out=str(tmp_path), reward_weights="format=0.5,accuracy=1", lr=2e-5)
+    (tmp_path / "config.json").write_text(json.dumps(dict(dataclasses.asdict(cfg), model="m")))
+    assert runs.resume_changes(str(tmp_path), cfg) == []  # the same flags (model resolved from the default)
+    cfg.reward_weights, cfg.steps, cfg.resume = train_grpo.Config.reward_weights, 500, True
+    assert runs.resume_changes(str(tmp_path), cfg) == [
+        f"--reward-weights: 'format=0.5,accuracy=1' -> {train_grpo.Config.reward_weights!r}"]
+    assert runs.resume_changes(str(tmp_path / "none"), cfg) == []
+
+
 def toy_run(run_dir):
     D.setup()
     model = W.ToyLM.from_config(dict(vocab=32, dim=16, n_blocks=2))
@@ -136,6 +148,19 @@ def toy_run(run_dir):
     for step in (2, 4):
         C.save_checkpoint(str(run_dir), step, model, opt, extra={"step": step})
     return model, opt
+
+
+def test_pruning_keeps_the_newest_two_and_the_multiples_of_keep_every(tmp_path):
+    """The main job's weak start is sft_cot's step-300 model: pruning must not take it."""
+    D.setup()
+    model = W.ToyLM.from_config(dict(vocab=32, dim=16, n_blocks=2))
+    opt = torch.optim.AdamW(model.parameters())
+    for step in (1, 2, 3, 4, 5):
+        C.save_checkpoint(str(tmp_path / "a"), step, model, opt)
+        C.save_checkpoint(str(tmp_path / "b"), step, model, opt, keep_every=2)
+    names = lambda d: sorted(os.path.basename(p) for p in C.list_checkpoints(str(tmp_path / d)))  # noqa: E731
+    assert names("a") == ["ckpt-00000004", "ckpt-00000005"]
+    assert names("b") == ["ckpt-00000002", "ckpt-00000004", "ckpt-00000005"]
 
 
 @pytest.mark.parametrize("where", ["tensor data", "header", "optimizer"])
