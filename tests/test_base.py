@@ -112,9 +112,11 @@ def test_make_base_stages_are_valid_pretraining_flags():
     from st_r1 import cli
     assert [n for n, _ in make_base.STAGES] == ["1-describe", "2-lookup", "3-video", "4-prompts", "5-lookup",
                                                 "6-compare"]
-    for name, flags in make_base.STAGES:
+    for name, flags in make_base.STAGES + make_base.ONE:
         cfg = cli.parse(P.Pretrain, ["--out", "x"] + flags)
         assert not cfg.init and (cfg.stop or cfg.steps) <= cfg.steps, name
+    one = cli.parse(P.Pretrain, ["--out", "x"] + make_base.ONE[0][1])  # the candidate: many prompts, verdict lines
+    assert (one.prompts, one.lookup_share, one.compare_share, one.batch > 0) == ("many", 0.0, 0.75, True)
     assert cli.parse(P.Pretrain, ["--out", "x"] + make_base.STAGES[1][1]).batch == 0  # the text-only stages
 
 
