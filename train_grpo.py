@@ -201,9 +201,10 @@ def main(cfg):
         n_draw = cfg.prompts_per_step * cfg.oversample
         global_rows = batch_rows(rows, step, n_draw, cfg.seed)
         drawn = []  # per round: (prompt rows, encoded prompts, generation, per-reward scores, total reward)
-        for r in range(cfg.oversample):
+        for rnd in range(cfg.oversample):
             encoded, bad = [], []
-            for i in list(range(r * cfg.prompts_per_step, (r + 1) * cfg.prompts_per_step))[d.rank::d.world_size]:
+            first = rnd * cfg.prompts_per_step
+            for i in list(range(first, first + cfg.prompts_per_step))[d.rank::d.world_size]:
                 row, ex, passed = readable_prompt(enc, rows, global_rows[i], cfg.seed, step, i)
                 encoded.append((dict(row, _prompt_id=i), ex))
                 bad += passed
@@ -243,11 +244,14 @@ def main(cfg):
         keep, kept_global = list(range(len(prompt_rows))), n_draw
         if cfg.oversample > 1:
             keep, kept_global = kept_groups(total, [r["_prompt_id"] for r in prompt_rows], cfg, n_draw)
-        examples = [e for rnd in drawn for e in rnd[1]]
-        upd_batch = {k: v.to(d.device) for k, v in data.collate_prompts([examples[i] for i in keep or [0]],
-                                                                        tok.pad_token_id).items()}
         rows_kept = [i * cfg.group_size + g for i in keep for g in range(cfg.group_size)]
-        upd_gen = grpo.select_generation(gen, rows_kept or list(range(cfg.group_size)))
+        if len(drawn) == 1 and len(keep) == len(prompt_rows):  # nothing dropped: the rollout's own batch
+            upd_batch, upd_gen = batch, gen
+        else:
+            examples = [e for rnd in drawn for e in rnd[1]]
+            upd_batch = {k: v.to(d.device) for k, v in data.collate_prompts([examples[i] for i in keep or [0]],
+                                                                            tok.pad_token_id).items()}
+            upd_gen = grpo.select_generation(gen, rows_kept or list(range(cfg.group_size)))
         advantages, _ = grpo.group_advantages(total[rows_kept] if keep else torch.zeros(cfg.group_size),
                                               cfg.group_size, cfg.adv_scale)
         # a rank left with no kept group joins the collectives with its first group at weight 0 (blank)
