@@ -71,6 +71,10 @@ class Pretrain:
     #                              word lists (stage 6; compare_item)
     prompts: str = "one"         # "one": each video kind has its one request (tiny.NARRATE, LOOK, TURN); "many":
     #                              paraphrases, unrelated text around them and varied reply lead-ins (stage 4)
+    neutral_share: float = 0.0   # of the video rows under --prompts many: a request that fits every kind (NEUTRAL),
+    #                              so that the video, not a word of the request, says whether to narrate or not
+    format_share: float = 0.0    # of the video rows under --prompts many: a sentence on the reply's form after the
+    #                              request (FORMATS), as the bench's rows end with one
     init: str = ""               # start from this model folder (e.g. models/tiny-base, to go on) instead of a random one
     export: str = ""             # write the latest checkpoint's model (a Hugging Face folder) here, then stop
 
@@ -159,6 +163,18 @@ REQUESTS = {
     "turn": ["Which way do you turn?", "Do you turn left or right?", "Which direction does the camera turn?",
              "Say which way you turn.", "Left or right: where do you turn?"],
 }
+# Requests that fit a walk, a close-up and a turn alike (--neutral-share). Without them the one-stage base learnt to
+# pick its reply from the request's words: under the bench's route question ("... naming every turn you take ...")
+# it answered "I turn right." to 86% of walks (RESULTS: the one-stage recipe).
+NEUTRAL = ["What happens in this video?", "Tell me what the camera shows.", "Describe this clip.",
+           "What does this first-person clip show? Name each turn and each thing you see.",
+           "Say what you do and what you see here.", "Watch this and tell me about it, in order."]
+# Sentences on the reply's form (--format-share), none of them the bench's: the bench's rows end with an
+# instruction about tags, and after one the one-stage base answered 59% of walks with "I turn right." (RESULTS).
+FORMATS = ["Put your reply between <reply> and </reply>.", "Write it in plain words, with no tags.",
+           "Output only the reply, in <out> </out>.", "Keep it short: say it, then stop.",
+           "Give one sentence (what happens, or what you see) and nothing else.",
+           "Wrap the reply in <say> </say> tags, and do not explain it."]
 PREAMBLES = ["You are a careful observer.", "Answer briefly and precisely.", "Look at the video first.",
              "This clip is filmed from your own eyes.", "Here is a short first-person video.",
              "Think about what the camera shows.", "Some words to ignore: {}.",
@@ -169,16 +185,20 @@ WORLD_WORDS = [*world.COLOURS, *world.OBJECTS, "left", "right"]
 LEADS = ["", "", "In this video ", "From the first frame to the last, ", "Here is what happens: ", "Sure. "]
 
 
-def request(kind, rng, many):
-    """The prompt of a pretraining row: the kind's fixed request, or (many) one of its paraphrases with unrelated
-    text before and/or after it."""
+def request(kind, rng, many, neutral=0.0, form=0.0):
+    """The prompt of a pretraining row: the kind's fixed request, or (many) one of its paraphrases, or with
+    probability `neutral` one that fits every kind, with unrelated text before and/or after it and, with
+    probability `form`, a sentence on the reply's form at the end."""
     if not many:
         return {"narrate": tiny.NARRATE, "look": tiny.LOOK, "turn": tiny.TURN}[kind]
-    parts = [REQUESTS[kind][rng.integers(len(REQUESTS[kind]))]]
+    pool = NEUTRAL if neutral and rng.random() < neutral else REQUESTS[kind]
+    parts = [pool[rng.integers(len(pool))]]
     for _ in range(int(rng.integers(0, 3))):  # 0-2 unrelated sentences, before or after the request
         words = ", ".join(tiny.WORDS[k] for k in rng.choice(len(tiny.WORDS), int(rng.integers(2, 9)), replace=False))
         pre = PREAMBLES[rng.integers(len(PREAMBLES))].format(words)  # (a no-op for those without "{}")
         parts.insert(int(rng.integers(len(parts) + 1)), pre)
+    if form and rng.random() < form:
+        parts.append(FORMATS[rng.integers(len(FORMATS))])
     return " ".join(parts)
 
 
@@ -527,7 +547,8 @@ def main(cfg):
             k = int(rng.integers(len(src[1])))
             kind = {id(walks): "narrate", id(closeups): "look", id(turns): "turn"}[id(src)]
             many = cfg.prompts == "many"
-            ex.append(encode(tok, request(kind, rng, many), reply(str(src[1][k]), rng, many), src[0][k]))
+            prompt = request(kind, rng, many, cfg.neutral_share, cfg.format_share)
+            ex.append(encode(tok, prompt, reply(str(src[1][k]), rng, many), src[0][k]))
         loss_v = lm_loss(model, *collate(ex, tok.pad_token_id)) if ex else torch.zeros(())
         batch, labels = collate([encode(tok, *(compare_item(rng) if rng.random() < cfg.compare_share else
                                                list_item(rng, vocab, cfg.lookup_share)))

@@ -112,11 +112,14 @@ def test_make_base_stages_are_valid_pretraining_flags():
     from st_r1 import cli
     assert [n for n, _ in make_base.STAGES] == ["1-describe", "2-lookup", "3-video", "4-prompts", "5-lookup",
                                                 "6-compare"]
-    for name, flags in make_base.STAGES + make_base.ONE:
+    for name, flags in make_base.STAGES + make_base.CLEAN:
         cfg = cli.parse(P.Pretrain, ["--out", "x"] + flags)
         assert not cfg.init and (cfg.stop or cfg.steps) <= cfg.steps, name
-    one = cli.parse(P.Pretrain, ["--out", "x"] + make_base.ONE[0][1])  # the candidate: many prompts, verdict lines
-    assert (one.prompts, one.lookup_share, one.compare_share, one.batch > 0) == ("many", 0.0, 0.75, True)
+    # the clean recipe: many prompts, the verdict lines, no lookup, video rows in both stages; neutral requests last
+    one, two = (cli.parse(P.Pretrain, ["--out", "x"] + f) for _, f in make_base.CLEAN)
+    for c in (one, two):
+        assert (c.prompts, c.lookup_share, c.compare_share, c.batch > 0) == ("many", 0.0, 0.75, True)
+    assert (one.neutral_share, two.neutral_share, one.format_share, two.format_share) == (0.0, 0.7, 0.0, 0.5)
     assert cli.parse(P.Pretrain, ["--out", "x"] + make_base.STAGES[1][1]).batch == 0  # the text-only stages
 
 
@@ -134,13 +137,17 @@ def test_stage_four_prompts_and_lookup_never_hold_the_bench_wording():
     rng = np.random.default_rng(0)
     for _ in range(500):
         kind = ("narrate", "look", "turn")[rng.integers(3)]
-        text = P.request(kind, rng, True) + " " + P.reply("I walk straight.", rng, True)
+        text = P.request(kind, rng, True, 0.5, 0.5) + " " + P.reply("I walk straight.", rng, True)
         assert not grams(text) & bench, text
     vocab = list(tiny.WORDS) + P.WORLD_WORDS
     for _ in range(300):
         prompt, target = P.list_item(rng, vocab, lookup=1.0)
         assert not re.search(r"pass the|turn (left|right)|walk straight", prompt + target), (prompt, target)
     assert P.request("narrate", rng, False) == tiny.NARRATE and P.reply("I walk.", rng, False) == "I walk."
+    for kind, own in P.REQUESTS.items():  # --neutral-share 1: a request that fits every kind, never the kind's own
+        for text in (P.request(kind, rng, True, 1.0) for _ in range(20)):
+            assert any(n in text for n in P.NEUTRAL) and not any(r in text for r in own), text
+
     for _ in range(300):  # stage 6's verdict rows: random words around colours and sides, never a walk
         prompt, target = P.compare_item(rng)
         assert not re.search(r"pass the|turn (left|right)|walk straight", prompt + target), (prompt, target)
