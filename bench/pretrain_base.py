@@ -3,7 +3,7 @@ ST-R1 starts from. Run once (resumable); the result is committed as models/tiny-
 
     python bench/pretrain_base.py                      # one stage; rerun the same command to resume
     python bench/pretrain_base.py --export models/tiny-base   # write the latest checkpoint as the shipped base
-    python bench/make_base.py                          # all the shipped base's stages in order (~2 h on 2 cores)
+    python bench/make_base.py                          # the shipped base: its two stages in order (~80 min)
 
 What it learns, with dense per-token targets (never the bench's questions, options or answers, and never its walks:
 the videos come from world seed 1000, the bench uses seed 0):
