@@ -454,8 +454,10 @@ def plot(log, path):
     ax[1].plot([r["step"] for r in ev], [r["describe_other_video"] for r in ev], "o-", label="another video")
     ax[1].set_title("narration of held-out walks: route rubric (0-5)")
     for key, name in (("closeup_colour", "close-up colour (chance 1/6)"), ("turns_right", "both turns right (1/4)"),
-                      ("match", "list -> option letter (1/4)")):
-        ax[2].plot([r["step"] for r in ev], [r[key] for r in ev], "o-", label=name)
+                      ("bench_prompt_turns_right", "the same, bench's route question"),
+                      ("compare", "verdict lines: option (1/4)"), ("match", "list -> option letter (1/4)")):
+        if all(key in r for r in ev):  # (logs older than a key have none)
+            ax[2].plot([r["step"] for r in ev], [r[key] for r in ev], "o-", label=name)
     ax[2].set_title("held-out accuracy")
     for a in ax:
         a.set_xlabel("step")
