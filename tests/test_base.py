@@ -120,10 +120,11 @@ def test_make_base_stages_are_valid_pretraining_flags():
     assert (one.format_share, two.format_share) == (0.0, 0.5)
 
 
-def test_stage_four_prompts_and_lookup_never_hold_the_bench_wording():
-    """Stage 4 asks for the narration in many ways and looks words of the world up: no request, preamble or lead-in
-    shares four words in a row with the bench's questions and instructions, and no lookup row holds a route event
-    ("pass the ...", "turn left", "walk straight"): the lists hold colour and object words, never a walk."""
+def test_pretraining_rows_never_hold_the_bench_wording():
+    """The recipe asks for each video kind in many ways (its own requests, the neutral ones, form sentences): no
+    request, preamble, form sentence or lead-in shares four words in a row with the bench's questions and
+    instructions; no lookup or verdict row holds a route event ("pass the ...", "turn left", "walk straight"): the
+    lists hold colour and object words, never a walk."""
     from st_r1 import chat
 
     def grams(text, n=4):
