@@ -61,11 +61,11 @@ def main(cfg):
     if cfg.export:  # the last stage's model, its log and curves; each earlier stage's log and curves beside them
         subprocess.run([sys.executable, "bench/pretrain_base.py", "--out", os.path.dirname(os.path.dirname(prev)),
                         "--export", cfg.export], cwd=ROOT, check=True)
-        from pretrain_base import plot
         for name, _ in STAGES[:-1]:
             log = os.path.join(cfg.export, f"pretrain_log_{name}.jsonl")
             shutil.copyfile(os.path.join(cfg.out, name, "log.jsonl"), log)
-            plot(log, os.path.join(cfg.export, f"pretrain_curves_{name}.png"))
+            subprocess.run([sys.executable, "bench/pretrain_base.py", "--plot", log, "--plot-to",
+                            os.path.join(cfg.export, f"pretrain_curves_{name}.png")], cwd=ROOT, check=True)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,8 @@ class Pretrain:
     #                              request (FORMATS), as the bench's rows end with one
     init: str = ""               # start from this model folder (e.g. models/tiny-base, to go on) instead of a random one
     export: str = ""             # write the latest checkpoint's model (a Hugging Face folder) here, then stop
+    plot: str = ""               # draw the curves of this log.jsonl into --plot-to, then stop (bench/make_base.py)
+    plot_to: str = "curves.png"
 
 
 # ----------------------------------------------------------------------------- data
@@ -492,6 +494,8 @@ def export(cfg):
 def main(cfg):
     if cfg.export:
         return export(cfg)
+    if cfg.plot:
+        return plot(cfg.plot, cfg.plot_to)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     os.makedirs(cfg.out, exist_ok=True)
