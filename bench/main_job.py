@@ -15,6 +15,7 @@ from its last checkpoint (--resume) and a stopped evaluation from its prediction
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 import time
@@ -97,8 +98,7 @@ def evaluate(model, bench, out, job, env):
 
 def one_seed(job, seed, world, env):
     """Every arm for one seed; returns {arm: scores} and {arm: scores with another video's frames}."""
-    d, test, other = os.path.join(job.out, f"seed{seed}"), os.path.join(world, "test.jsonl"), \
-        os.path.join(world, "test_other_video.jsonl")
+    d, test, other = os.path.join(job.out, f"seed{seed}"), os.path.join(world, "test.jsonl"), other_walks(world, seed)
     rl = os.path.join(world, "rl")
     base = job.base if os.path.isabs(job.base) else os.path.join(ROOT, job.base)
     if not os.path.exists(os.path.join(base, "config.json")):
@@ -137,13 +137,32 @@ def one_seed(job, seed, world, env):
                                     "--min-lr-ratio", "1", "--eval-every", "0", "--save-every", "50"], env)
     models = {arm: m for arm, m in models.items() if arm == "untrained" or arm in arms}
     scores = {arm: evaluate(m, test, os.path.join(d, arm + ".json"), job, env) for arm, m in models.items()}
-    blind = {arm: evaluate(m, other, os.path.join(d, arm + ".other_video.json"), job, env)
+    blind = {arm: evaluate(m, other, os.path.join(d, arm + ".other_walk.json"), job, env)
              for arm, m in models.items() if arm != "untrained"}
     return scores, blind
 
 
+def other_walks(world, seed):
+    """The test split with each question shown another walk's frames (same question, options and answer), a walk
+    drawn for that question alone (seeded): when all the questions of a walk shared one other walk, as before
+    2026-12-05, their answers went together, and the score moved with the pairing (21-33% for one model over three
+    pairings) far more than its interval over answers said."""
+    other = os.path.join(world, f"test_other_walk_s{seed}.jsonl")
+    if not os.path.exists(other):
+        with open(os.path.join(world, "test.jsonl")) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        videos = list(dict.fromkeys(r["video"] for r in rows))
+        rng = random.Random(seed)
+        with open(other + ".tmp", "w") as g:
+            for r in rows:
+                k = (videos.index(r["video"]) + rng.randrange(1, len(videos))) % len(videos)  # never its own
+                g.write(json.dumps(dict(r, video=videos[k])) + "\n")
+        os.replace(other + ".tmp", other)
+    return other
+
+
 def make_world(job, world):
-    """The synthetic bench, a second set of training walks for GRPO and its control (world/rl), and the test split with every question given the next video's frames (same questions, options and answers)."""
+    """The synthetic bench and a second set of training walks for GRPO and its control (world/rl)."""
     if not os.path.exists(os.path.join(world, "test.jsonl")):
         from st_r1.world import make_bench
         # 16 rendered frames: the model samples 8, and the world centres every event on one of them
@@ -160,15 +179,6 @@ def make_world(job, world):
         with open(os.path.join(rl, "train.jsonl")) as f, open(mcq + ".tmp", "w") as g:
             g.writelines(line for line in f if json.loads(line)["task"] != "route")
         os.replace(mcq + ".tmp", mcq)
-    other = os.path.join(world, "test_other_video.jsonl")
-    if not os.path.exists(other):
-        with open(os.path.join(world, "test.jsonl")) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        videos = list(dict.fromkeys(r["video"] for r in rows))
-        nxt = {v: videos[(i + 1) % len(videos)] for i, v in enumerate(videos)}
-        with open(other + ".tmp", "w") as g:
-            g.writelines(json.dumps(dict(r, video=nxt[r["video"]])) + "\n" for r in rows)
-        os.replace(other + ".tmp", other)
 
 
 def stages_done(job, seeds):
@@ -176,7 +186,7 @@ def stages_done(job, seeds):
     for seed in seeds:
         d = os.path.join(job.out, f"seed{seed}")
         n += sum(os.path.exists(os.path.join(d, arm + ".json")) for arm in ARMS)
-        n += sum(os.path.exists(os.path.join(d, arm + ".other_video.json")) for arm in ARMS[1:])
+        n += sum(os.path.exists(os.path.join(d, arm + ".other_walk.json")) for arm in ARMS[1:])
         n += sum(checkpoint.latest_checkpoint(os.path.join(d, arm)) is not None for arm in ARMS[1:])
     return n
 
@@ -243,8 +253,8 @@ def table(job, per_seed, seeds, blind):
              "chance is 25% for a model that answers in the format, 0% for one that does not); route cells: the "
              "deterministic rubric score (0-5, mean of direction / landmark / semantic). 95% Wilson interval on the "
              "pooled answers; per-cell intervals are in each seed's scores JSON. Another video's frames: the same "
-             "model and questions, each question shown the next test video's frames (chance if the answers come "
-             "from the video). Train min: the arm's own training steps, mean over seeds (GRPO and the control start "
+             "model and questions, each question shown the frames of another test walk drawn for it alone "
+             "(chance if the answers come from the video). Train min: the arm's own training steps, mean over seeds (GRPO and the control start "
              "from CoT SFT's model).")
     pairs = ["", "| A - B, multiple choice, all seeds | difference, points | paired 95% CI | questions only A / "
              "only B got right |", "|---|---|---|---|"]
