@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from st_r1 import checkpoint, cli, scoring  # noqa: E402
+from st_r1 import answers, checkpoint, cli, scoring  # noqa: E402
 
 ARMS = ("untrained", "sft_answer", "sft_cot", "grpo_accuracy", "grpo_reverse", "sft_more", "sft_weak", "grpo_weak")
 TITLES = {"untrained": "base model (no SFT)", "sft_answer": "answer-only SFT", "sft_cot": "reverse-thinking CoT SFT",
@@ -216,6 +217,30 @@ def flags(per_seed, arm):
             if "correct" in r]
 
 
+CONCLUSION = re.compile(r"Hence, the correct answer is ([ABCD])")  # the world's chains of thought end in it
+
+
+def conclusions(job, seeds, arm, world):
+    """Of the arm's multiple-choice replies (all seeds): % whose chain of thought concludes with the right letter,
+    and % whose <answer> letter is the one its chain concluded ("-" for an arm without chains)."""
+    with open(os.path.join(world, "test.jsonl")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    right = same = n = 0
+    for seed in seeds:
+        path = os.path.join(job.out, f"seed{seed}", arm + ".predictions.jsonl")
+        with open(path) as f:
+            for line in f:
+                p = json.loads(line)
+                row = rows[p["index"]]
+                if row["task"] == "route":
+                    continue
+                said = CONCLUSION.search(p["prediction"])
+                n += 1
+                right += bool(said) and said.group(1) == row["original_answer"]
+                same += bool(said) and answers.answer_letter(p["prediction"]) == said.group(1)
+    return f"{100 * right / n:.1f} / {100 * same / n:.1f}" if n and right + same else "-"
+
+
 def train_minutes(job, seeds, arm):
     """Mean over seeds of the arm's training steps' wall time (its log.jsonl), in minutes."""
     total = []
@@ -227,11 +252,12 @@ def train_minutes(job, seeds, arm):
     return f"{sum(total) / len(total):.1f}" if total else "-"
 
 
-def table(job, per_seed, seeds, blind):
+def table(job, per_seed, seeds, blind, world):
     cols = [(t, d) for t in scoring.TASKS for d in ("forward", "reverse")]
     head = ("| model | " + " | ".join(f"{t} {d[:3]}" for t, d in cols) +
-            " | MC all [95% CI] | MC all per seed | MC all, another video's frames [95% CI] | train min |")
-    lines = [head, "|" + "---|" * (len(cols) + 5)]
+            " | MC all [95% CI] | MC all per seed | MC all, another video's frames [95% CI] | chain concludes right / "
+            "answer is its conclusion, % | train min |")
+    lines = [head, "|" + "---|" * (len(cols) + 6)]
     for arm in ARMS:
         mcq, route = pooled(per_seed, arm)
         if not mcq:  # an arm left out with --arms
@@ -247,14 +273,15 @@ def table(job, per_seed, seeds, blind):
         title = TITLES[arm].format(weak=job.weak_steps, steps=job.sft_steps)
         lines.append(f"| {title} | " + " | ".join(cells) +
                      f" | **{100 * o['accuracy']:.1f}** [{100 * o['ci_low']:.1f}, {100 * o['ci_high']:.1f}] | "
-                     f"{seeds_acc} | {other} | {train_minutes(job, seeds, arm)} |")
+                     f"{seeds_acc} | {other} | {conclusions(job, seeds, arm, world)} | {train_minutes(job, seeds, arm)} |")
     n_cell = pooled(per_seed, "untrained")[0].get("direction/forward", {}).get("n", 0)
     notes = (f"\nSeeds {seeds}; multiple-choice cells: accuracy % over {n_cell} answers (the test questions x seeds; "
              "chance is 25% for a model that answers in the format, 0% for one that does not); route cells: the "
              "deterministic rubric score (0-5, mean of direction / landmark / semantic). 95% Wilson interval on the "
              "pooled answers; per-cell intervals are in each seed's scores JSON. Another video's frames: the same "
              "model and questions, each question shown the frames of another test walk drawn for it alone "
-             "(chance if the answers come from the video). Train min: the arm's own training steps, mean over seeds (GRPO and the control start "
+             "(chance if the answers come from the video). Chain: the letter after \"Hence, the correct answer is\" at "
+             "the end of the chain of thought, against the truth and against the reply's <answer>. Train min: the arm's own training steps, mean over seeds (GRPO and the control start "
              "from CoT SFT's model).")
     pairs = ["", "| A - B, multiple choice, all seeds | difference, points | paired 95% CI | questions only A / "
              "only B got right |", "|---|---|---|---|"]
@@ -341,7 +368,7 @@ def main(job):
     per_seed, blind = [r[0] for r in results], [r[1] for r in results]
     text = (f"## Main job: the ST-R1 ablation on the synthetic world\n\nCommand: `python bench/main_job.py"
             f"{''.join(' ' + a for a in sys.argv[1:])}`".replace(".py `", ".py`") + f" ({(time.time() - t0) / 60:.1f} min of this invocation)\n\n"
-            + table(job, per_seed, seeds, blind) + "\n")
+            + table(job, per_seed, seeds, blind, world) + "\n")
     print("\n" + text)
     with open(os.path.join(job.out, "results.md"), "w") as f:
         f.write(text)
