@@ -153,10 +153,11 @@ def other_walks(world, seed):
         with open(os.path.join(world, "test.jsonl")) as f:
             rows = [json.loads(line) for line in f if line.strip()]
         videos = list(dict.fromkeys(r["video"] for r in rows))
+        place = {v: i for i, v in enumerate(videos)}
         rng = random.Random(seed)
         with open(other + ".tmp", "w") as g:
             for r in rows:
-                k = (videos.index(r["video"]) + rng.randrange(1, len(videos))) % len(videos)  # never its own
+                k = (place[r["video"]] + rng.randrange(1, len(videos))) % len(videos)  # never its own
                 g.write(json.dumps(dict(r, video=videos[k])) + "\n")
         os.replace(other + ".tmp", other)
     return other
@@ -220,12 +221,10 @@ def flags(per_seed, arm):
 CONCLUSION = re.compile(r"Hence, the correct answer is ([ABCD])")  # the world's chains of thought end in it
 
 
-def conclusions(job, seeds, arm, world):
-    """Of the arm's multiple-choice replies (all seeds): % whose chain of thought concludes with the right letter,
-    and % whose <answer> letter is the one its chain concluded ("-" for an arm without chains)."""
-    with open(os.path.join(world, "test.jsonl")) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    right = same = n = 0
+def conclusions(job, seeds, arm, rows):
+    """Of the arm's multiple-choice replies (all seeds; rows: the test split): % whose chain of thought concludes with
+    the right letter, and % whose <answer> letter is the one its chain concluded ("-" for an arm without chains)."""
+    right = same = found = n = 0
     for seed in seeds:
         path = os.path.join(job.out, f"seed{seed}", arm + ".predictions.jsonl")
         with open(path) as f:
@@ -236,9 +235,10 @@ def conclusions(job, seeds, arm, world):
                     continue
                 said = CONCLUSION.search(p["prediction"])
                 n += 1
+                found += bool(said)
                 right += bool(said) and said.group(1) == row["original_answer"]
                 same += bool(said) and answers.answer_letter(p["prediction"]) == said.group(1)
-    return f"{100 * right / n:.1f} / {100 * same / n:.1f}" if n and right + same else "-"
+    return f"{100 * right / n:.1f} / {100 * same / n:.1f}" if found else "-"
 
 
 def train_minutes(job, seeds, arm):
@@ -254,6 +254,8 @@ def train_minutes(job, seeds, arm):
 
 def table(job, per_seed, seeds, blind, world):
     cols = [(t, d) for t in scoring.TASKS for d in ("forward", "reverse")]
+    with open(os.path.join(world, "test.jsonl")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
     head = ("| model | " + " | ".join(f"{t} {d[:3]}" for t, d in cols) +
             " | MC all [95% CI] | MC all per seed | MC all, another video's frames [95% CI] | chain concludes right / "
             "answer is its conclusion, % | train min |")
@@ -273,7 +275,8 @@ def table(job, per_seed, seeds, blind, world):
         title = TITLES[arm].format(weak=job.weak_steps, steps=job.sft_steps)
         lines.append(f"| {title} | " + " | ".join(cells) +
                      f" | **{100 * o['accuracy']:.1f}** [{100 * o['ci_low']:.1f}, {100 * o['ci_high']:.1f}] | "
-                     f"{seeds_acc} | {other} | {conclusions(job, seeds, arm, world)} | {train_minutes(job, seeds, arm)} |")
+                     f"{seeds_acc} | {other} | {conclusions(job, seeds, arm, rows)} | "
+                     f"{train_minutes(job, seeds, arm)} |")
     n_cell = pooled(per_seed, "untrained")[0].get("direction/forward", {}).get("n", 0)
     notes = (f"\nSeeds {seeds}; multiple-choice cells: accuracy % over {n_cell} answers (the test questions x seeds; "
              "chance is 25% for a model that answers in the format, 0% for one that does not); route cells: the "
@@ -281,8 +284,8 @@ def table(job, per_seed, seeds, blind, world):
              "pooled answers; per-cell intervals are in each seed's scores JSON. Another video's frames: the same "
              "model and questions, each question shown the frames of another test walk drawn for it alone "
              "(chance if the answers come from the video). Chain: the letter after \"Hence, the correct answer is\" at "
-             "the end of the chain of thought, against the truth and against the reply's <answer>. Train min: the arm's own training steps, mean over seeds (GRPO and the control start "
-             "from CoT SFT's model).")
+             "the end of the chain of thought, against the truth and against the reply's <answer>. Train min: the "
+             "arm's own training steps, mean over seeds (GRPO and the control start from CoT SFT's model).")
     pairs = ["", "| A - B, multiple choice, all seeds | difference, points | paired 95% CI | questions only A / "
              "only B got right |", "|---|---|---|---|"]
     for arm, ref in PAIRS:
