@@ -198,18 +198,20 @@ def poses(w, n_frames):
     return np.array(out)
 
 
-def make_world(rng, map_id, n_segments=None, n_landmarks=None, n_frames=64, size=112, around=0.0):
+def make_world(rng, map_id, n_segments=None, n_landmarks=None, n_frames=64, size=112, around=0.0, turns=None):
     """Draw a map, route, landmarks and scenery for one video. Rejects draws where a landmark or the scenery
-    change would not be on screen in the sampled frames, and routes with fewer than two left/right turns (the
-    direction question's options mirror two of them)."""
+    change would not be on screen in the sampled frames, routes with fewer than two left/right turns (the
+    direction question's options mirror two of them) and, given `turns`, routes whose left/right turns are not
+    those, in that order."""
     K = int(n_segments or 3)
     M = int(n_landmarks or rng.integers(1, 3))
     if not 3 <= K <= 4 or not 1 <= M <= 3 or not 0 <= around < 1:
         raise ValueError(f"route-len must be 3..4 (got {K}), landmarks 1..3 (got {M}) and around in [0, 1) "
                          f"(got {around})")
-    for _ in range(500):
+    for _ in range(500 if turns is None else 4000):
         w = _route(rng, K, around)
-        if w is None or sum(m in (("turn", "left"), ("turn", "right")) for m in w.moves) < 2:
+        sides = tuple(t for kind, t in w.moves if kind == "turn" and t != "around") if w else ()
+        if w is None or len(sides) < 2 or (turns and sides[:len(turns)] != tuple(turns)[:len(sides)]):
             continue
         w.map_id = map_id
         hosts = _through(w)
@@ -415,10 +417,23 @@ def make_rows(w, video, seed, split, index):
 
 # ----------------------------------------------------------------------------- benches
 
-def world_for(seed, split, index, route_len=None, landmarks=None, frames=64, size=112, around=0.0):
-    """The world of video `index` of a split: its own random stream, keyed by (seed, split, index)."""
+def turn_pattern(seed, split, index, n_turns):
+    """The left/right turns video `index` of a bench split takes, in order: each block of 2^n_turns videos takes
+    every pattern once, in an order drawn per block. Left to itself the drawing keeps same-side pairs (left-left,
+    right-right) 78% of the time (routes that run into themselves or hide a landmark are drawn again, and those are
+    more often zigzags), a prior that the option sets give away: a reader of the text alone that picks same-side
+    options scores ~39% on the direction and action questions, and one that reads another walk's video 27.8%."""
+    n = 2 ** n_turns
+    k = int(np.random.default_rng([seed, SPLITS[split], 11, index // n]).permutation(n)[index % n])
+    return tuple("right" if k >> b & 1 else "left" for b in range(n_turns))
+
+
+def world_for(seed, split, index, route_len=None, landmarks=None, frames=64, size=112, around=0.0, balanced=False):
+    """The world of video `index` of a split: its own random stream, keyed by (seed, split, index). balanced: its
+    turns are turn_pattern's (the bench's walks); unbalanced draws are the base model's pretraining walks."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
-    return make_world(rng, f"{split}-s{seed}-{index:05d}", route_len, landmarks, frames, size, around)
+    turns = turn_pattern(seed, split, index, int(route_len or 3) - 1) if balanced else None
+    return make_world(rng, f"{split}-s{seed}-{index:05d}", route_len, landmarks, frames, size, around, turns)
 
 
 def render_video(w, frames=64, size=112):
@@ -428,7 +443,7 @@ def render_video(w, frames=64, size=112):
 
 def _job(args):
     out_dir, seed, split, index, route_len, landmarks, frames, size, fps, video, around = args
-    w = world_for(seed, split, index, route_len, landmarks, frames, size, around)
+    w = world_for(seed, split, index, route_len, landmarks, frames, size, around, balanced=True)
     rel = f"videos/{w.map_id}.mp4"
     if video:
         write_mp4(os.path.join(out_dir, rel), render_video(w, frames, size), fps)
@@ -490,7 +505,7 @@ def main(argv=None):
     print(f"wrote {n} questions to {', '.join(paths.values())} in {time.time() - t0:.1f} s")
     if a.contact_sheet:
         s = "train" if "train" in paths else "test"
-        w = world_for(a.seed, s, a.contact_index, a.route_len, a.landmarks, a.frames, a.size, a.around)
+        w = world_for(a.seed, s, a.contact_index, a.route_len, a.landmarks, a.frames, a.size, a.around, balanced=True)
         frames = render_video(w, a.frames, a.size)
         write_png(a.contact_sheet, contact_sheet(frames[sample_positions(len(frames))]))
         print(f"contact sheet of {w.map_id} ({', '.join(route_events(w))}) -> {a.contact_sheet}")

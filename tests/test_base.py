@@ -45,7 +45,7 @@ def test_pretraining_data_never_holds_the_bench():
     # the walks come from the pretraining seed's maps: none is a map of the bench's splits (seed 0)
     def key(w):
         return w.grid.tobytes(), tuple(w.path), w.mat.tobytes(), json.dumps(w.landmarks)
-    bench = {key(world.world_for(0, s, i, frames=P.FRAMES)) for s in ("train", "test") for i in range(30)}
+    bench = {key(world.world_for(0, s, i, frames=P.FRAMES, balanced=True)) for s in ("train", "test") for i in range(30)}
     seen = {key(world.world_for(1000, "train", i, frames=P.FRAMES)) for i in range(30)}
     assert len(seen) == 30 and not bench & seen
 

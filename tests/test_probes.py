@@ -13,7 +13,7 @@ from st_r1 import world  # noqa: E402
 
 def test_check_reads_the_verdict_lines(tmp_path):
     rows = [r for i in range(3)
-            for r in world.make_rows(world.world_for(0, "test", i, frames=16), "v.mp4", 0, "test", i)]
+            for r in world.make_rows(world.world_for(0, "test", i, frames=16, balanced=True), "v.mp4", 0, "test", i)]
     (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     mc = [i for i, r in enumerate(rows) if r.get("options")]
     replies = {i: rows[i]["solution"] for i in mc}  # the reference chains: every step right

@@ -162,6 +162,29 @@ def test_options_give_nothing_away_without_the_video():
     assert n == 360 and hits / n < 0.33, hits / n
 
 
+def test_bench_turns_balanced_so_no_route_prior_is_in_the_options():
+    """The bench's walks take each left/right turn pattern equally often (every block of 4 videos takes all four),
+    so a text-only reader that bets on the likelier pattern stays at chance; left to itself the drawing keeps
+    same-side pairs far more often, which such a reader would have used (the unbalanced draw stays: the base
+    model's pretraining walks)."""
+    def sides(w):
+        return tuple(t for kind, t in w.moves if kind == "turn" and t != "around")
+    bench = [sides(W.world_for(0, "test", i, frames=16, balanced=True)) for i in range(16)]
+    assert collections.Counter(bench) == {p: 4 for p in [("left", "left"), ("left", "right"), ("right", "left"),
+                                                         ("right", "right")]}
+    free = [sides(W.world_for(0, "test", i, frames=16)) for i in range(40)]
+    assert sum(a == b for a, b in free) / len(free) > 0.6  # the prior the balance removes
+    hits = n = 0  # the text-only bet on a same-side pattern, on the bench's direction and action questions
+    for i in range(32):
+        for r in W.make_rows(W.world_for(0, "test", i, frames=16, balanced=True), "v.mp4", 0, "test", i):
+            if r["task"] in ("direction", "action") and not r["reverse"]:
+                same = [L for L, t in r["options"].items()
+                        if len({w for w in t.lower().replace(",", "").split() if w in ("left", "right")}) == 1]
+                hits += (r["original_answer"] in same) / max(1, len(same)) if same else 0.25
+                n += 1
+    assert n == 64 and abs(hits / n - 0.25) < 0.1, hits / n
+
+
 def test_turns_and_landmarks_visible_in_sampled_frames(worlds):
     for _, _, _, w in worlds[:8]:
         cams = W.poses(w, 64)
@@ -213,7 +236,7 @@ def test_mp4_readable_with_expected_frames(tmp_path):
     with av.open(str(tmp_path / rows[0]["video"])) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 64 and frames[0].shape == (112, 112, 3)
-    w = W.world_for(0, "test", 0)
+    w = W.world_for(0, "test", 0, balanced=True)
     ref = RD.render(w, W.poses(w, 64)[30])[0].astype(int)
     assert np.abs(frames[30].astype(int) - ref).mean() < 12  # H.264 at crf 18 keeps the picture
 
