@@ -163,6 +163,24 @@ def other_walks(world, seed):
     return other
 
 
+def shown_walk_reader(world, seed):
+    """% of the multiple-choice questions of the another-walk file a reader of the SHOWN walk gets right: it picks
+    the option whose turns and colours agree with that walk's place by place, ties split (its expected score).
+    The column's chance on this very pairing: a model that answers from the video it is given scores it."""
+    from st_r1 import world as W
+    with open(os.path.join(world, "test.jsonl")) as f:
+        events = {r["video"]: r["events"] for r in map(json.loads, f)}
+    with open(other_walks(world, seed)) as f:
+        rows = [r for r in map(json.loads, f) if r["task"] != "route"]
+    got = 0.0
+    for r in rows:
+        shown = W.key_words(W.project(events[r["video"]]["reverse" if r["reverse"] else "forward"], r["task"]))
+        agree = {L: sum(a == b for a, b in zip(W.key_words(W.parse_option(t)), shown)) for L, t in r["options"].items()}
+        best = [L for L, n in agree.items() if n == max(agree.values())]
+        got += (r["original_answer"] in best) / len(best)
+    return 100 * got / len(rows)
+
+
 def make_world(job, world):
     """The synthetic bench and a second set of training walks for GRPO and its control (world/rl)."""
     if not os.path.exists(os.path.join(world, "test.jsonl")):
@@ -283,7 +301,9 @@ def table(job, per_seed, seeds, blind, world):
              "deterministic rubric score (0-5, mean of direction / landmark / semantic). 95% Wilson interval on the "
              "pooled answers; per-cell intervals are in each seed's scores JSON. Another video's frames: the same "
              "model and questions, each question shown the frames of another test walk drawn for it alone "
-             "(chance if the answers come from the video). Chain: the letter after \"Hence, the correct answer is\" at "
+             "(chance if the answers come from the video; a reader of the shown walk, which picks the option that "
+             "agrees with that walk's turns and colours place by place, scores "
+             + " / ".join(f"{shown_walk_reader(world, s):.1f}" for s in seeds) + "% on these pairings, by seed). Chain: the letter after \"Hence, the correct answer is\" at "
              "the end of the chain of thought, against the truth and against the reply's <answer>. Train min: the "
              "arm's own training steps, mean over seeds (GRPO and the control start from CoT SFT's model).")
     pairs = ["", "| A - B, multiple choice, all seeds | difference, points | paired 95% CI | questions only A / "

@@ -284,9 +284,12 @@ def update(policy, ref_model, optimizer, prompts, gen, advantages, cfg, timer, s
                 if pad:
                     continue
                 w = mask[c].sum().item() / max(mask.sum().item(), 1)
+                # the clip can bind only from the second iteration on (pi_theta = pi_old in the first): its
+                # fractions are the mean over the mu iterations; the KL and the entropy are the sampler's
+                for key in ("clip_low", "clip_high"):
+                    stats[key] += st[key] * w / cfg.num_iterations
                 if it == 0:
-                    for key in ("kl", "clip_low", "clip_high"):
-                        stats[key] += st[key] * w
+                    stats["kl"] += st["kl"] * w
                     stats["entropy"] += (ent * mask[c]).sum().item() / max(mask.sum().item(), 1)
                 stats["loss"] += loss.item() / cfg.num_iterations
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)

@@ -44,6 +44,28 @@ def accuracy_reward(text, solution):
     return float(answer_letter(text) == gold_letter(solution))
 
 
+_CONCLUSION_RE = re.compile(r"correct answer is \(?([ABCD])\b")
+
+
+def concluded_letter(text):
+    """The letter the <think> block concludes with: its last "... correct answer is X" (how both the authors'
+    chains of thought and the world's end), or None."""
+    span = tag_span(text, "think")
+    found = _CONCLUSION_RE.findall(text[span[0]:span[1]]) if span else []
+    return found[-1] if found else None
+
+
+def consistency_reward(text, row):
+    """1.0 iff the reply's <answer> letter is the one its own chain of thought concluded with; 0.0 for open-ended
+    rows, no conclusion or no letter. Not a reward for being right (accuracy is): it pays for the last copy from
+    the chain to the answer, the step a weakly trained model gets wrong most (bench/RESULTS.md), and alone it
+    would pay a wrong chain copied faithfully, so it goes with the accuracy reward."""
+    if row_gold(row) is None:
+        return 0.0
+    said = concluded_letter(text)
+    return float(said is not None and answer_letter(text) == said)
+
+
 # ----------------------------------------------------------------------------- reverse thinking
 
 _RECALL_END = re.compile(r"and then think", re.I)
@@ -159,6 +181,7 @@ REWARDS = {
     "brevity": brevity_reward,
     "format": lambda text, row: format_reward(text),
     "accuracy": _accuracy_row,
+    "consistency": consistency_reward,
     "reverse_thinking": reverse_thinking_reward,
     "route": route_reward,
 }

@@ -128,6 +128,7 @@ def test_every_fixture_solution_scores_one():
         assert R.accuracy_reward(sol, row["original_answer"]) == 1.0, i
         assert R.accuracy_reward(sol, sol) == 1.0, i
         assert R.REWARDS["accuracy"](sol, row) == 1.0, i
+        assert R.concluded_letter(sol) == row["original_answer"] and R.consistency_reward(sol, row) == 1.0, i
         wrong = "ABCD"[("ABCD".index(row["original_answer"]) + 1) % 4]
         assert R.accuracy_reward(f"<think>t</think> <answer>{wrong}</answer>", sol) == 0.0, i
 
@@ -151,11 +152,27 @@ def test_long_and_hostile_replies_are_fast():
     for text in replies:
         assert len(text) >= n
         t = time.perf_counter()
-        vals = [R.format_reward(text), R.accuracy_reward(text, "B"), R.reverse_thinking_reward(text, ROW_REV),
+        vals = [R.format_reward(text), R.accuracy_reward(text, "B"), R.consistency_reward(text, authors_row), R.reverse_thinking_reward(text, ROW_REV),
                 R.reverse_thinking_reward(text, authors_row), R.route_reward(text, route_row)]
         dt = time.perf_counter() - t
         assert dt < 1.0, (text[:60], dt)
         assert all(0.0 <= v <= 1.0 for v in vals)
+
+
+@pytest.mark.parametrize("text, want", [
+    ("<think>... Hence, the correct answer is B.</think> <answer>B</answer>", 1.0),
+    ("<think>... Hence, the correct answer is B.</think> <answer>C</answer>", 0.0),    # the copy failed
+    ("<think>the correct answer is A. No: the correct answer is C</think> <answer>C</answer>", 1.0),  # the last
+    ("<think>the correct answer is C. No: the correct answer is A</think> <answer>C</answer>", 0.0),
+    ("<think>no conclusion</think> <answer>B</answer>", 0.0),
+    ("<think>x</think> <answer>B</answer> the correct answer is B", 0.0),                # outside <think>
+    ("<answer>B</answer>", 0.0),
+    ("<think>Hence, the correct answer is B.</think> <answer>B or C</answer>", 0.0),
+])
+def test_consistency_pays_the_copy_from_chain_to_answer(text, want):
+    row = {"task": "direction", "original_answer": "D", "options": {L: L for L in "ABCD"}}  # gold D: not asked
+    assert R.consistency_reward(text, row) == want
+    assert R.consistency_reward(text, {"task": "route", "original_answer": "I walk."}) == 0.0
 
 
 # ----------------------------------------------------------------------------- reverse thinking
@@ -242,7 +259,7 @@ def test_route_reward():
 
 
 def test_rewards_table_and_weights():
-    assert set(R.REWARDS) == {"format", "accuracy", "reverse_thinking", "route", "brevity"}
+    assert set(R.REWARDS) == {"format", "accuracy", "consistency", "reverse_thinking", "route", "brevity"}
     assert R.REWARDS["brevity"]("", None) == 1.0 and R.REWARDS["brevity"]("x" * 100, None) == 0.5
     text = world_reply(FWD, REV)
     for name, fn in R.REWARDS.items():
@@ -274,7 +291,7 @@ def test_every_world_solution_scores_one(tmp_path):
         if row["task"] == "route":
             assert R.route_reward(sol, row) == pytest.approx(1.0)
         else:
-            assert R.REWARDS["accuracy"](sol, row) == 1.0
+            assert R.REWARDS["accuracy"](sol, row) == 1.0 and R.REWARDS["consistency"](sol, row) == 1.0
             flipped = sol.replace("left", "LEFT").replace("right", "left").replace("LEFT", "right")
             if "turn left" in sol or "turn right" in sol:
                 assert R.reverse_thinking_reward(flipped, row) < 1.0
