@@ -303,9 +303,9 @@ def table(job, per_seed, seeds, blind, world):
              "model and questions, each question shown the frames of another test walk drawn for it alone "
              "(chance if the answers come from the video; a reader of the shown walk, which picks the option that "
              "agrees with that walk's turns and colours place by place, scores "
-             + " / ".join(f"{shown_walk_reader(world, s):.1f}" for s in seeds) + "% on these pairings, by seed). Chain: the letter after \"Hence, the correct answer is\" at "
-             "the end of the chain of thought, against the truth and against the reply's <answer>. Train min: the "
-             "arm's own training steps, mean over seeds (GRPO and the control start from CoT SFT's model).")
+             + " / ".join(f"{shown_walk_reader(world, s):.1f}" for s in seeds) + "% on these pairings, by seed). "
+             "Chain: the letter after \"Hence, the correct answer is\" at the end of the chain of thought, against "
+             "the truth and against the reply's <answer>. Train min: the arm's own training steps, mean over seeds (GRPO and the control start from CoT SFT's model).")
     pairs = ["", "| A - B, multiple choice, all seeds | difference, points | paired 95% CI | questions only A / "
              "only B got right |", "|---|---|---|---|"]
     for arm, ref in PAIRS:

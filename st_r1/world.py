@@ -2,13 +2,12 @@
 
     python -m st_r1.world --out data/world --seed 0 --n 125          # 125 train + 31 test videos, 8 questions each
 
-A map is a grid of open cells (corridors) carved along the walker's route, plus a few dead-end side
-openings so that turns are choices. Landmarks are coloured objects painted on the wall beside a corridor
-cell; scenery changes switch the wall material of every cell after a point of the route. The video's
-timeline is laid out so that each turn is centred on one of the 8 uniformly sampled frames (Qwen's
-linspace(0, T-1, 8) sampling) and every landmark fills at least a quarter of the screen width in one of them:
-the frames the model sees contain the route. The same route yields the `events` ground truth and all eight questions,
-forward (start -> destination) and reverse (destination -> start). render.py films the walk.
+A map is a grid of open cells (corridors) carved along the walker's route, plus a few dead-end side openings so
+that turns are choices. Landmarks are coloured objects painted on the wall beside a corridor cell; scenery changes
+switch the wall material of every cell after a point of the route. The video's timeline centres each turn on one of
+the 8 uniformly sampled frames (Qwen's linspace(0, T-1, 8)) and every landmark fills a quarter of the screen width in
+one of them: the frames the model sees contain the route. The same route yields the `events` ground truth and all
+eight questions, forward (start -> destination) and reverse (destination -> start). render.py films the walk.
 """
 import argparse
 import contextlib
@@ -201,13 +200,10 @@ def poses(w, n_frames):
 def make_world(rng, map_id, n_segments=None, n_landmarks=None, n_frames=64, size=112, around=0.0, turns=None):
     """Draw a map, route, landmarks and scenery for one video. Rejects draws where a landmark or the scenery
     change would not be on screen in the sampled frames, routes with fewer than two left/right turns (the
-    direction question's options mirror two of them) and, given `turns`, routes whose left/right turns are not
-    those, in that order."""
-    K = int(n_segments or 3)
-    M = int(n_landmarks or rng.integers(1, 3))
+    direction question's options mirror two of them) and routes whose left/right turns are not `turns`, if given."""
+    K, M = int(n_segments or 3), int(n_landmarks or rng.integers(1, 3))
     if not 3 <= K <= 4 or not 1 <= M <= 3 or not 0 <= around < 1:
-        raise ValueError(f"route-len must be 3..4 (got {K}), landmarks 1..3 (got {M}) and around in [0, 1) "
-                         f"(got {around})")
+        raise ValueError(f"route-len must be 3..4 (got {K}), landmarks 1..3 (got {M}), around in [0, 1) ({around})")
     for _ in range(500 if turns is None else 4000):
         w = _route(rng, K, around)
         sides = tuple(t for kind, t in w.moves if kind == "turn" and t != "around") if w else ()
@@ -223,9 +219,7 @@ def make_world(rng, map_id, n_segments=None, n_landmarks=None, n_frames=64, size
                 if w.path[s] in hosts and w.path[s + 1] in hosts and not set(w.path[:s + 1]) & set(w.path[s + 1:])]
         if cuts and rng.random() < 0.6:
             s = int(rng.choice(cuts))
-            first = {}
-            for i, c in enumerate(w.path):
-                first.setdefault(c, i)
+            first = {c: i for i, c in reversed(list(enumerate(w.path)))}  # the first visit of each cell
             for c, i in first.items():
                 w.mat[c[1], c[0]] = b if i > s else a
             w.change = (s, MATERIALS[a], MATERIALS[b])
@@ -330,11 +324,10 @@ def _mirror(events, i):
 
 def variants(fwd, task, rng):
     """Four versions of the forward route, the true one first, that differ only in what the video shows: a
-    landmark's colour (4 values: landmark questions), both left/right turns mirrored or not (2 x 2: direction), one
-    turn x one landmark's colour (2 x 2: action). The four are symmetric: every version is as likely to be the true
-    one given the set (colours and turns are drawn uniformly, replacement colours are ones the route does not use),
-    so no option pattern gives the answer away without the video. The near misses used before (one edit of the
-    truth each) made the truth the set's centre, which a model could pick without looking."""
+    landmark's colour (4 values: landmark questions), both turns mirrored or not (2 x 2: direction), one turn x one
+    colour (2 x 2: action). Each is as likely to be the truth given the set (colours are uniform, replacements ones
+    the route does not use, the bench's turns balanced by turn_pattern), so no option gives the answer away without
+    the video; near misses (one edit of the truth each, as before) made the truth the set's centre."""
     turns = [i for i, e in enumerate(fwd) if e in MIRROR]
     marks = [i for i, e in enumerate(fwd) if e.startswith("pass the ")]
     unused = [c for c in COLOURS if not any(e.startswith(f"pass the {c} ") for e in fwd)]
@@ -418,27 +411,23 @@ def make_rows(w, video, seed, split, index):
 # ----------------------------------------------------------------------------- benches
 
 def turn_pattern(seed, split, index, n_turns):
-    """The left/right turns video `index` of a bench split takes, in order: each block of 2^n_turns videos takes
-    every pattern once, in an order drawn per block. Left to itself the drawing keeps same-side pairs (left-left,
-    right-right) 78% of the time (routes that run into themselves or hide a landmark are drawn again, and those are
-    more often zigzags), a prior that the option sets give away: a reader of the text alone that picks same-side
-    options scores ~39% on the direction and action questions, and one that reads another walk's video 27.8%."""
+    """The left/right turns of video `index` of a bench split: each block of 2^n_turns videos takes every pattern
+    once. The free draw keeps same-side pairs 78% of the time, a prior the options gave away (bench/RESULTS.md)."""
     n = 2 ** n_turns
     k = int(np.random.default_rng([seed, SPLITS[split], 11, index // n]).permutation(n)[index % n])
     return tuple("right" if k >> b & 1 else "left" for b in range(n_turns))
 
 
 def world_for(seed, split, index, route_len=None, landmarks=None, frames=64, size=112, around=0.0, balanced=False):
-    """The world of video `index` of a split: its own random stream, keyed by (seed, split, index). balanced: its
-    turns are turn_pattern's (the bench's walks); unbalanced draws are the base model's pretraining walks."""
-    rng = np.random.default_rng([seed, SPLITS[split], index])
+    """The world of video `index` of a split, from its own random stream keyed by (seed, split, index). balanced:
+    turn_pattern's turns (the bench's walks); the free draw makes the base model's pretraining walks."""
     turns = turn_pattern(seed, split, index, int(route_len or 3) - 1) if balanced else None
-    return make_world(rng, f"{split}-s{seed}-{index:05d}", route_len, landmarks, frames, size, around, turns)
+    return make_world(np.random.default_rng([seed, SPLITS[split], index]), f"{split}-s{seed}-{index:05d}", route_len,
+                      landmarks, frames, size, around, turns)
 
 
 def render_video(w, frames=64, size=112):
-    cams = poses(w, frames)
-    return np.stack([render(w, p, size)[0] for p in cams])
+    return np.stack([render(w, p, size)[0] for p in poses(w, frames)])
 
 
 def _job(args):
@@ -472,12 +461,11 @@ def make_bench(out_dir, seed=0, n_videos=125, split="both", n_test=None, route_l
             rows[s].extend(r)
             bar.update()
     bar.close()
-    paths = {}
-    for s in splits:
-        paths[s] = os.path.join(out_dir, f"{s}.jsonl")
-        with open(paths[s] + ".tmp", "w") as f:
+    paths = {s: os.path.join(out_dir, f"{s}.jsonl") for s in splits}
+    for s, path in paths.items():
+        with open(path + ".tmp", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows[s])
-        os.replace(paths[s] + ".tmp", paths[s])
+        os.replace(path + ".tmp", path)
     return paths
 
 
@@ -491,23 +479,20 @@ def main(argv=None):
     ap.add_argument("--route-len", type=int, default=None, help="straight segments, 3-4 (default 3)")
     ap.add_argument("--landmarks", type=int, default=None, help="landmarks, 1-3 (default random 1-2)")
     ap.add_argument("--around", type=float, default=0.0, help="probability that a turn is a U-turn (default 0)")
-    ap.add_argument("--size", type=int, default=112)
-    ap.add_argument("--frames", type=int, default=64, help="frames per video")
-    ap.add_argument("--fps", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=None)
+    for flag, default in (("--size", 112), ("--frames", 64), ("--fps", 8), ("--workers", None)):
+        ap.add_argument(flag, type=int, default=default)
     ap.add_argument("--contact-sheet", default=None, help="also write a PNG of one video's 8 sampled frames")
     ap.add_argument("--contact-index", type=int, default=0, help="which video of the first split the sheet shows")
     a = ap.parse_args(argv)
     t0 = time.time()
     paths = make_bench(a.out, a.seed, a.n, a.split, a.n_test, a.route_len, a.landmarks, a.size, a.frames, a.fps,
                        a.workers, around=a.around)
-    n = sum(1 for p in paths.values() for _ in open(p))
-    print(f"wrote {n} questions to {', '.join(paths.values())} in {time.time() - t0:.1f} s")
+    print(f"wrote {sum(1 for p in paths.values() for _ in open(p))} questions to {', '.join(paths.values())} in "
+          f"{time.time() - t0:.1f} s")
     if a.contact_sheet:
         s = "train" if "train" in paths else "test"
         w = world_for(a.seed, s, a.contact_index, a.route_len, a.landmarks, a.frames, a.size, a.around, balanced=True)
-        frames = render_video(w, a.frames, a.size)
-        write_png(a.contact_sheet, contact_sheet(frames[sample_positions(len(frames))]))
+        write_png(a.contact_sheet, contact_sheet(render_video(w, a.frames, a.size)[sample_positions(a.frames)]))
         print(f"contact sheet of {w.map_id} ({', '.join(route_events(w))}) -> {a.contact_sheet}")
 
 
