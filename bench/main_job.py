@@ -16,7 +16,6 @@ import json
 import math
 import os
 import random
-import re
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from st_r1 import answers, checkpoint, cli, scoring  # noqa: E402
+from st_r1 import answers, checkpoint, cli, rewards, scoring  # noqa: E402
 
 ARMS = ("untrained", "sft_answer", "sft_cot", "grpo_accuracy", "grpo_reverse", "sft_more", "sft_weak", "grpo_weak")
 TITLES = {"untrained": "base model (no SFT)", "sft_answer": "answer-only SFT", "sft_cot": "reverse-thinking CoT SFT",
@@ -163,13 +162,12 @@ def other_walks(world, seed):
     return other
 
 
-def shown_walk_reader(world, seed):
+def shown_walk_reader(test_rows, world, seed):
     """% of the multiple-choice questions of the another-walk file a reader of the SHOWN walk gets right: it picks
     the option whose turns and colours agree with that walk's place by place, ties split (its expected score).
     The column's chance on this very pairing: a model that answers from the video it is given scores it."""
     from st_r1 import world as W
-    with open(os.path.join(world, "test.jsonl")) as f:
-        events = {r["video"]: r["events"] for r in map(json.loads, f)}
+    events = {r["video"]: r["events"] for r in test_rows}
     with open(other_walks(world, seed)) as f:
         rows = [r for r in map(json.loads, f) if r["task"] != "route"]
     got = 0.0
@@ -236,9 +234,6 @@ def flags(per_seed, arm):
             if "correct" in r]
 
 
-CONCLUSION = re.compile(r"Hence, the correct answer is ([ABCD])")  # the world's chains of thought end in it
-
-
 def conclusions(job, seeds, arm, rows):
     """Of the arm's multiple-choice replies (all seeds; rows: the test split): % whose chain of thought concludes with
     the right letter, and % whose <answer> letter is the one its chain concluded ("-" for an arm without chains)."""
@@ -251,11 +246,11 @@ def conclusions(job, seeds, arm, rows):
                 row = rows[p["index"]]
                 if row["task"] == "route":
                     continue
-                said = CONCLUSION.search(p["prediction"])
+                said = rewards.concluded_letter(p["prediction"])
                 n += 1
                 found += bool(said)
-                right += bool(said) and said.group(1) == row["original_answer"]
-                same += bool(said) and answers.answer_letter(p["prediction"]) == said.group(1)
+                right += bool(said) and said == row["original_answer"]
+                same += bool(said) and answers.answer_letter(p["prediction"]) == said
     return f"{100 * right / n:.1f} / {100 * same / n:.1f}" if found else "-"
 
 
@@ -303,9 +298,10 @@ def table(job, per_seed, seeds, blind, world):
              "model and questions, each question shown the frames of another test walk drawn for it alone "
              "(chance if the answers come from the video; a reader of the shown walk, which picks the option that "
              "agrees with that walk's turns and colours place by place, scores "
-             + " / ".join(f"{shown_walk_reader(world, s):.1f}" for s in seeds) + "% on these pairings, by seed). "
-             "Chain: the letter after \"Hence, the correct answer is\" at the end of the chain of thought, against "
-             "the truth and against the reply's <answer>. Train min: the arm's own training steps, mean over seeds (GRPO and the control start from CoT SFT's model).")
+             + " / ".join(f"{shown_walk_reader(rows, world, s):.1f}" for s in seeds) + "% on these pairings, by seed). "
+             "Chain: the letter of the last \"correct answer is\" in the chain of thought "
+             "(rewards.concluded_letter), against the truth and against the reply's <answer>. Train min: the arm's "
+             "own training steps, mean over seeds (GRPO and the control start from CoT SFT's model).")
     pairs = ["", "| A - B, multiple choice, all seeds | difference, points | paired 95% CI | questions only A / "
              "only B got right |", "|---|---|---|---|"]
     for arm, ref in PAIRS:

@@ -152,8 +152,9 @@ def test_long_and_hostile_replies_are_fast():
     for text in replies:
         assert len(text) >= n
         t = time.perf_counter()
-        vals = [R.format_reward(text), R.accuracy_reward(text, "B"), R.consistency_reward(text, authors_row), R.reverse_thinking_reward(text, ROW_REV),
-                R.reverse_thinking_reward(text, authors_row), R.route_reward(text, route_row)]
+        vals = [R.format_reward(text), R.accuracy_reward(text, "B"), R.consistency_reward(text, authors_row),
+                R.reverse_thinking_reward(text, ROW_REV), R.reverse_thinking_reward(text, authors_row),
+                R.route_reward(text, route_row)]
         dt = time.perf_counter() - t
         assert dt < 1.0, (text[:60], dt)
         assert all(0.0 <= v <= 1.0 for v in vals)
