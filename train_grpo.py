@@ -46,6 +46,7 @@ class Config:
     oversample: int = 1            # > 1: DAPO's dynamic sampling, prompts_per_step x this many drawn, groups whose
     #                                rewards are all equal dropped, up to prompts_per_step kept for the update
     loss_agg: str = "seq_mean"     # seq_mean | token_mean | constant
+    entropy_frac: float = 1.0      # < 1: policy gradient on the top fraction of tokens by entropy (grpo.forking_tokens)
     mask_truncated: bool = False
     max_grad_norm: float = 1.0
     reward_weights: str = "format=0.5,accuracy=1,reverse_thinking=0.5,route=1"  # add temporal=1 for T-GRPO
@@ -128,6 +129,7 @@ def validate(cfg, world_size):
     cli.check(cfg.lr > 0 and cfg.beta >= 0 and cfg.num_iterations >= 1, "lr", "must be > 0, --beta >= 0 and "
               "--num-iterations >= 1")
     cli.check(cfg.oversample >= 1, "oversample", f"must be >= 1, got {cfg.oversample}")
+    cli.check(0 < cfg.entropy_frac <= 1, "entropy_frac", f"must be in (0, 1], got {cfg.entropy_frac}")
     cli.check(cfg.adv_scale in ("group", "batch", "none"), "adv_scale", "must be group, batch or none")
     cli.check(cfg.loss_agg in ("seq_mean", "token_mean", "constant"), "loss_agg", "must be seq_mean, token_mean "
               "or constant")
@@ -178,7 +180,7 @@ def main(cfg):
     use_temporal = weights.pop("temporal", 0.0)
     gcfg = grpo.GRPOConfig(cfg.group_size, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.beta, cfg.eps_low,
                            cfg.eps_high, cfg.num_iterations, cfg.adv_scale, cfg.loss_agg, cfg.mask_truncated,
-                           cfg.micro_batch, cfg.max_grad_norm)
+                           cfg.micro_batch, cfg.max_grad_norm, cfg.entropy_frac)
 
     enc = data.PromptEncoder(tok, cfg.video_root or os.path.dirname(train_file), cfg.num_frames, cfg.min_pixels,
                              cfg.max_pixels, model.spatial_merge_size,

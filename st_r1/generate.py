@@ -14,18 +14,21 @@ class Generation:
     logprobs: torch.Tensor   # (N, C) float32, log p(token) under the sampling distribution's temperature, 0 at pad
     mask: torch.Tensor       # (N, C) bool, real completion tokens (EOS included)
     truncated: torch.Tensor  # (N,) bool, no EOS within max_new_tokens
+    entropy: torch.Tensor = None  # (N, C) float32, entropy (nats) of the tempered distribution each token came from
 
 
 def pick(logits, temperature=0.0, top_p=1.0, generator=None, banned=()):
     """Next token and its log-prob: greedy (log_softmax of raw logits) or a sample from softmax(logits / T)
     restricted to the smallest set of tokens with probability >= top_p (nucleus sampling, Holtzman et al. 2020).
     `banned` tokens are never chosen (the image/video placeholders: a completion holding one could not be re-read).
-    The returned log-prob is that of the full tempered distribution, the one a policy-gradient loss recomputes."""
+    Returns (token, its log-prob, the distribution's entropy), both of the full tempered distribution: the log-prob is
+    the one a policy-gradient loss recomputes, the entropy what GRPO's --entropy-frac ranks tokens by."""
     logits = logits.float()
     if temperature == 0:
         tok = logits.index_fill(-1, torch.tensor(banned, dtype=torch.long, device=logits.device), -torch.inf)
         tok = tok.argmax(-1)
-        return tok, logits.log_softmax(-1).gather(-1, tok[:, None])[:, 0]
+        logp = logits.log_softmax(-1)
+        return tok, logp.gather(-1, tok[:, None])[:, 0], -(logp.exp() * logp).nan_to_num().sum(-1)
     logp = (logits / temperature).log_softmax(-1)
     probs = logp.exp().index_fill(-1, torch.tensor(banned, dtype=torch.long, device=logits.device), 0.0)
     if top_p < 1.0:
@@ -40,7 +43,7 @@ def pick(logits, temperature=0.0, top_p=1.0, generator=None, banned=()):
                          for i, g in enumerate(generator)])
     else:
         tok = torch.multinomial(probs, 1, generator=generator)[:, 0]
-    return tok, logp.gather(-1, tok[:, None])[:, 0]
+    return tok, logp.gather(-1, tok[:, None])[:, 0], -(logp.exp() * logp).nan_to_num().sum(-1)
 
 
 @torch.no_grad()
@@ -57,6 +60,7 @@ def generate(model, input_ids, attention_mask, *, max_new_tokens, eos_token_ids,
     N = B * num_samples
     tokens = torch.full((N, max_new_tokens), pad_token_id, dtype=torch.long, device=input_ids.device)
     logprobs = torch.zeros(N, max_new_tokens, dtype=torch.float32, device=input_ids.device)
+    entropy = torch.zeros(N, max_new_tokens, dtype=torch.float32, device=input_ids.device)
     mask = torch.zeros(N, max_new_tokens, dtype=torch.bool, device=input_ids.device)
     done = torch.zeros(N, dtype=torch.bool, device=input_ids.device)
     steps = range(max_new_tokens)
@@ -74,9 +78,10 @@ def generate(model, input_ids, attention_mask, *, max_new_tokens, eos_token_ids,
             logits = logits.repeat_interleave(num_samples, dim=0)
         used = 0
         for t in steps:
-            tok, lp = pick(logits, temperature, top_p, generator, banned)
+            tok, lp, ent = pick(logits, temperature, top_p, generator, banned)
             tokens[:, t] = tok.masked_fill(done, pad_token_id)
             logprobs[:, t] = lp.masked_fill(done, 0.0)
+            entropy[:, t] = ent.masked_fill(done, 0.0)
             mask[:, t] = ~done
             done = done | torch.isin(tok, eos)
             used = t + 1
@@ -84,7 +89,7 @@ def generate(model, input_ids, attention_mask, *, max_new_tokens, eos_token_ids,
                 break
             # finished rows keep decoding padding (cheaper than compacting the batch); their outputs are discarded
             logits = model(tokens[:, t:t + 1], cache=cache, logits_to_keep=1)[:, -1]
-    return Generation(tokens[:, :used], logprobs[:, :used], mask[:, :used], ~done)
+    return Generation(tokens[:, :used], logprobs[:, :used], mask[:, :used], ~done, entropy[:, :used])
 
 
 def _all_done(done, sync_ranks):

@@ -63,14 +63,20 @@ def aggregate(per_token, mask, mode, max_len=None, num_seqs=None, num_tokens=Non
 
 
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps_low=0.2, eps_high=0.2, beta=0.04,
-              agg="seq_mean", max_len=None, num_seqs=None, num_tokens=None):
+              agg="seq_mean", max_len=None, num_seqs=None, num_tokens=None, pg_mask=None, pg_tokens=None):
     """-J of the module docstring. logp (N, C) carries the gradient; old_logp / ref_logp are constants (ref may be
-    None when beta = 0). Returns (loss, stats) with clip fractions measured where the clip really binds."""
+    None when beta = 0). pg_mask: the tokens the policy-gradient term is taken over (default: mask; the KL term is
+    always over mask), pg_tokens its whole-batch count for token_mean.
+    Returns (loss, stats) with clip fractions measured where the clip really binds."""
     ratio = torch.exp(logp - old_logp)
     adv = advantages.view(-1, 1)
     objective = torch.min(ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv)
     kl = k3_kl(logp, ref_logp) if (beta and ref_logp is not None) else torch.zeros_like(logp)
-    loss = -aggregate(objective - beta * kl, mask, agg, max_len, num_seqs, num_tokens)
+    if pg_mask is None:
+        loss = -aggregate(objective - beta * kl, mask, agg, max_len, num_seqs, num_tokens)
+    else:  # aggregate is linear: the same loss as above when pg_mask = mask
+        loss = (-aggregate(objective, pg_mask, agg, max_len, num_seqs, pg_tokens)
+                + beta * aggregate(kl, mask, agg, max_len, num_seqs, num_tokens))
     m = mask.bool()
     n = m.sum().clamp(min=1)
     with torch.no_grad():
@@ -159,6 +165,7 @@ class GRPOConfig:
     mask_truncated: bool = False   # drop completions cut by max_new_tokens from the loss (DAPO overlong filter)
     micro_batch: int = 8           # completion rows per forward/backward in the update (whole groups, >= one)
     max_grad_norm: float = 1.0
+    entropy_frac: float = 1.0      # < 1: the policy gradient on that top fraction of tokens by entropy only
 
 
 def temporal_bonus(acc_ordered, acc_shuffled, group_size, alpha=0.3):
@@ -192,6 +199,24 @@ def score(texts, rows, reward_fns, weights):
     return per_fn.view(len(texts), len(names)), total
 
 
+def forking_tokens(entropy, mask, frac):
+    """The top `frac` of the batch's completion tokens by the sampler's entropy (all ranks pooled): the "forking"
+    tokens of Wang et al. 2025 (arXiv 2506.01939), who take the policy gradient on the top 20% only. After SFT
+    nearly every token of a chain is certain (0.005 nats on the world) and the few uncertain ones (the answer
+    letter, a colour, a turn) are where the reward is decided; under seq_mean each sequence's gradient is then
+    shared by them rather than diluted over ~200 tokens. Returns the mask of those tokens."""
+    import torch.distributed as dist
+    values = entropy[mask].float()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, values.cpu())
+        values = torch.cat(parts)
+    if values.numel() == 0:
+        return mask
+    threshold = torch.quantile(values, 1.0 - frac).to(entropy.device)
+    return mask & (entropy >= threshold)
+
+
 def _global(x, op="sum"):
     """Sum (or max) of a number over all ranks (identity without a process group)."""
     import torch.distributed as dist
@@ -220,9 +245,10 @@ def cat_generations(gens, pad_token_id):
 
     def pad(x, value):
         return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+    entropy = None if any(g.entropy is None for g in gens) else torch.cat([pad(g.entropy, 0.0) for g in gens])
     return Generation(torch.cat([pad(g.tokens, pad_token_id) for g in gens]),
                       torch.cat([pad(g.logprobs, 0.0) for g in gens]), torch.cat([pad(g.mask, False) for g in gens]),
-                      torch.cat([g.truncated for g in gens]))
+                      torch.cat([g.truncated for g in gens]), entropy)
 
 
 def select_generation(gen, rows):
@@ -230,7 +256,8 @@ def select_generation(gen, rows):
     from st_r1.generate import Generation
     rows = torch.as_tensor(rows, dtype=torch.long)
     used = max(1, int(gen.mask[rows].sum(1).max()))
-    return Generation(gen.tokens[rows, :used], gen.logprobs[rows, :used], gen.mask[rows, :used], gen.truncated[rows])
+    return Generation(gen.tokens[rows, :used], gen.logprobs[rows, :used], gen.mask[rows, :used], gen.truncated[rows],
+                      None if gen.entropy is None else gen.entropy[rows, :used])
 
 
 def update(policy, ref_model, optimizer, prompts, gen, advantages, cfg, timer, step=None, blank=False):
@@ -243,6 +270,12 @@ def update(policy, ref_model, optimizer, prompts, gen, advantages, cfg, timer, s
     mask = gen.mask & ~gen.truncated.unsqueeze(1) if cfg.mask_truncated else gen.mask
     n_rows = 0 if blank else mask.shape[0]
     num_seqs, num_tokens = _global(n_rows), _global(0 if blank else mask.sum().item())
+    pg_mask, pg_tokens = None, None
+    if cfg.entropy_frac < 1:
+        if gen.entropy is None:
+            raise ValueError("entropy_frac < 1 needs the sampler's entropies (generate() returns them)")
+        pg_mask = forking_tokens(gen.entropy, torch.zeros_like(mask) if blank else mask, cfg.entropy_frac)
+        pg_tokens = _global(pg_mask.sum().item())
     G = cfg.group_size
     per = max(1, cfg.micro_batch // G)  # prompts per micro-batch: whole groups share one prompt pass
     n_prompts = prompts["input_ids"].shape[0]
@@ -259,7 +292,8 @@ def update(policy, ref_model, optimizer, prompts, gen, advantages, cfg, timer, s
     # mu = 1: pi_old is the current policy, ratio = exp(logp - logp.detach()) = 1 (the authors' setting).
     # mu > 1: pi_old is the policy that sampled, whose log-probs the sampler already returned.
     old_logp = gen.logprobs if cfg.num_iterations > 1 else None
-    stats = dict(kl=0.0, clip_low=0.0, clip_high=0.0, entropy=0.0, loss=0.0, grad_norm=0.0)
+    stats = dict(kl=0.0, clip_low=0.0, clip_high=0.0, entropy=0.0, loss=0.0, grad_norm=0.0,
+                 pg_token_frac=1.0 if pg_mask is None else pg_tokens / max(num_tokens, 1))
     policy.train()
     for it in range(cfg.num_iterations):
         optimizer.zero_grad(set_to_none=True)
@@ -275,7 +309,8 @@ def update(policy, ref_model, optimizer, prompts, gen, advantages, cfg, timer, s
                     old = old_logp[c] if old_logp is not None else logp.detach()
                     loss, st = grpo_loss(logp, old, None if ref_logp is None else ref_logp[c], advantages[c],
                                          mask[c], cfg.eps_low, cfg.eps_high, cfg.beta, cfg.loss_agg,
-                                         cfg.max_new_tokens, num_seqs, num_tokens)
+                                         cfg.max_new_tokens, num_seqs, num_tokens,
+                                         None if pg_mask is None else pg_mask[c], pg_tokens)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"non-finite GRPO loss at step {step}, iteration {it}, "
                                                  f"micro-batch rows {c[0]}..{c[-1]}: nothing was updated")

@@ -104,5 +104,5 @@ def test_pick_top_p():
     g = torch.Generator().manual_seed(0)
     seen = {int(pick(logits, 1.0, 0.7, g)[0]) for _ in range(200)}
     assert seen == {0, 1}  # 0.5 < 0.7, 0.5 + 0.3 >= 0.7: the nucleus is {0, 1}
-    tok, lp = pick(logits, 1.0, 1.0, g)
+    tok, lp, _ = pick(logits, 1.0, 1.0, g)
     assert torch.allclose(lp, logits.log_softmax(-1)[0, tok])

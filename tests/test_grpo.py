@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from st_r1.grpo import aggregate, grpo_loss, group_advantages, k3_kl, repeat_rows, select_rows, temporal_bonus
+from st_r1.grpo import (aggregate, forking_tokens, grpo_loss, group_advantages, k3_kl, repeat_rows, select_rows,
+                       temporal_bonus)
 
 
 def test_group_advantages_hand_computed():
@@ -93,6 +94,29 @@ def test_mu_greater_than_one_moves_ratio_and_clip_binds():
     assert ratios[1][0] > 1.0 and ratios[1][1] < 1.0
     assert st["clip_high"] > 0 or st["clip_low"] > 0
     assert logits.grad.abs().sum() == 0  # both tokens clipped: no more push
+
+
+def test_forking_tokens_take_the_policy_gradient_and_the_kl_stays_on_every_token():
+    entropy = torch.tensor([[0.01, 0.9, 0.02, 0.0], [0.5, 0.03, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]).bool()
+    forks = forking_tokens(entropy, mask, 0.4)  # 5 real tokens: the top 40% are 0.9 and 0.5 (padding never counts)
+    assert forks.tolist() == [[False, True, False, False], [True, False, False, False]]
+    assert torch.equal(forking_tokens(entropy, mask, 1.0), mask)
+    logp = torch.full((2, 4), -1.0, requires_grad=True)
+    ref = torch.full((2, 4), -0.5)
+    adv = torch.tensor([1.0, -1.0])
+    loss, _ = grpo_loss(logp, logp.detach(), ref, adv, mask, beta=0.1, pg_mask=forks, pg_tokens=2)
+    loss.backward()
+    # seq_mean: the policy-gradient term -A / 1 on each sequence's one forking token, / 2 sequences; the KL term
+    # (d k3/d logp = 1 - exp(ref - logp)) on every real token, weighted 1/len per sequence
+    dkl = 1 - math.exp(0.5)
+    want = torch.tensor([[0.1 * dkl / 3, -1.0 + 0.1 * dkl / 3, 0.1 * dkl / 3, 0.0],
+                         [1.0 + 0.1 * dkl / 2, 0.1 * dkl / 2, 0.0, 0.0]]) / 2
+    assert torch.allclose(logp.grad, want, atol=1e-6)
+    # with every token forking it is the plain loss
+    full, _ = grpo_loss(logp, logp.detach(), ref, adv, mask, beta=0.1, pg_mask=mask, pg_tokens=5)
+    plain, _ = grpo_loss(logp, logp.detach(), ref, adv, mask, beta=0.1)
+    assert full.item() == pytest.approx(plain.item(), rel=1e-5)
 
 
 def test_temporal_bonus():
