@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from evaluate import file_hash  # noqa: E402
 from st_r1 import answers, checkpoint, cli, rewards, scoring  # noqa: E402
 
 ARMS = ("untrained", "sft_answer", "sft_cot", "grpo_accuracy", "grpo_reverse", "sft_more", "sft_weak", "grpo_weak")
@@ -87,7 +88,35 @@ def train(script, out, steps, flags, env):
     return checkpoint.latest_model(out)
 
 
+def set_aside_stale(model, out):
+    """When the scores at out are of another model than model (a rerun with more steps trains past the checkpoint
+    that was scored), move them and their predictions aside (suffix: the old checkpoint's name) so they are scored
+    again, instead of the old number standing in the table. Returns the paths moved."""
+    if not os.path.exists(out):
+        return []
+    with open(out) as f:
+        preds = json.load(f).get("predictions", "")
+    meta = preds + ".meta.json"
+    if not os.path.exists(meta):
+        return []
+    with open(meta) as f:
+        m = json.load(f)
+    scored = m.get("model", "")
+    if os.path.realpath(scored) == os.path.realpath(model):
+        return []
+    weights = sorted(f for f in os.listdir(model) if f.endswith(".safetensors")) if os.path.isdir(model) else []
+    if weights and m.get("weights_sha256") == file_hash([os.path.join(model, f) for f in weights]):
+        return []  # the same weights, moved (another clone, a renamed runs folder)
+    tag = os.path.basename(os.path.dirname(os.path.normpath(scored))) or "old"
+    moved = [p for p in (out, preds, meta) if os.path.exists(p)]
+    for p in moved:
+        os.replace(p, f"{p}.{tag}")
+    print(f"[stale] {out} scored {scored}, not {model}: moved aside as *.{tag}")
+    return moved
+
+
 def evaluate(model, bench, out, job, env):
+    set_aside_stale(model, out)
     if os.path.exists(out):
         print(f"[done] {out}")
     else:

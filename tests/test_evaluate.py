@@ -302,3 +302,29 @@ def test_max_new_tokens_default_is_the_papers_512_and_256_for_tiny_models(tmp_pa
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_vl", "text_config": {"vocab_size": 151936}}))
     assert evaluate.default_max_new_tokens(str(tmp_path)) == 512
     assert evaluate.default_max_new_tokens(str(tmp_path / "none")) == 512
+
+
+def test_main_job_scores_a_checkpoint_again_once_training_went_past_it(tmp_path):
+    """bench/main_job.py --grpo-steps 40 after a 20-step run: the 20-step scores are moved aside (not lost) and the
+    arm is scored again, instead of the old number standing in the table under the new flags."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import main_job
+    old, new = str(tmp_path / "arm" / "ckpt-00000020" / "model"), str(tmp_path / "arm" / "ckpt-00000040" / "model")
+    out, preds = str(tmp_path / "arm.json"), str(tmp_path / "arm.predictions.jsonl")
+    for path, text in ((out, json.dumps({"predictions": preds})), (preds, "{}\n"),
+                       (preds + ".meta.json", json.dumps({"model": old}))):
+        with open(path, "w") as f:
+            f.write(text)
+    assert main_job.set_aside_stale(old, out) == [] and os.path.exists(out)  # the same model: kept as it is
+    os.makedirs(new)
+    with open(os.path.join(new, "model.safetensors"), "wb") as f:
+        f.write(b"weights")
+    with open(preds + ".meta.json", "w") as f:  # the same weights elsewhere (a moved runs folder): kept
+        json.dump({"model": old, "weights_sha256": evaluate.file_hash([os.path.join(new, "model.safetensors")])}, f)
+    assert main_job.set_aside_stale(new, out) == []
+    with open(preds + ".meta.json", "w") as f:
+        json.dump({"model": old, "weights_sha256": "0" * 64}, f)
+    assert main_job.set_aside_stale(new, out) == [out, preds, preds + ".meta.json"]
+    assert not os.path.exists(out) and not os.path.exists(preds)
+    for path in (out, preds, preds + ".meta.json"):
+        assert os.path.exists(path + ".ckpt-00000020")
