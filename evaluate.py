@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 
 from st_r1 import cli, scoring
 from st_r1.predictions import predict, read_predictions
+from st_r1.runs import files_sha256
 
 
 @dataclass
@@ -86,23 +87,13 @@ def video_root(opt):
     return opt.bench if os.path.isdir(opt.bench) else os.path.dirname(os.path.abspath(opt.bench))
 
 
-def file_hash(paths):
-    """sha256 over the bytes of the files, in order (1 GB/s: seconds even for a 7B checkpoint)."""
-    import hashlib
-    h = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            h.update(hashlib.file_digest(f, "sha256").digest())
-    return h.hexdigest()
-
-
 def provenance(opt, files):
     """What made a predictions file: another model, bench, video set-up or decoding makes other predictions."""
     from st_r1 import chat
     weights = sorted(f for f in os.listdir(opt.model) if f.endswith(".safetensors")) if os.path.isdir(opt.model) else []
     return dict(model=os.path.abspath(opt.model),
-                weights_sha256=file_hash([os.path.join(opt.model, f) for f in weights]),
-                bench=os.path.abspath(opt.bench), bench_sha256=file_hash(files),
+                weights_sha256=files_sha256([os.path.join(opt.model, f) for f in weights]),
+                bench=os.path.abspath(opt.bench), bench_sha256=files_sha256(files),
                 video_root=os.path.abspath(video_root(opt)), num_frames=opt.num_frames, fps=opt.fps,
                 min_pixels=opt.min_pixels, max_pixels=opt.max_pixels, max_new_tokens=opt.max_new_tokens,
                 max_seq_len=opt.max_seq_len,

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from evaluate import file_hash  # noqa: E402
 from st_r1 import answers, checkpoint, cli, rewards, scoring  # noqa: E402
+from st_r1.runs import files_sha256  # noqa: E402
 
 ARMS = ("untrained", "sft_answer", "sft_cot", "grpo_accuracy", "grpo_reverse", "sft_more", "sft_weak", "grpo_weak")
 TITLES = {"untrained": "base model (no SFT)", "sft_answer": "answer-only SFT", "sft_cot": "reverse-thinking CoT SFT",
@@ -54,7 +54,7 @@ class Job:
     sft_batch: int = 16
     sft_lr: float = 5e-4          # a pretrained base: lower than from scratch, so SFT does not wash out what it sees
     weak_steps: int = 300         # sft_cot's checkpoint kept as the weak start (the paper's "ST-CoT below base" case)
-    grpo_steps: int = 20          # p16 x G8 on fresh walks: 82.7 at 20 steps, 83.3 at 40, 82.3-83.7 to 100 (RESULTS)
+    grpo_steps: int = 20          # 40 reach the +5 goal (RESULTS: 40 GRPO steps) but the job then takes ~78 min
     grpo_prompts: int = 16        # prompts per GRPO step, each with grpo_group samples (4: +0.1 in 20 steps)
     grpo_group: int = 8
     grpo_lr: float = 2e-5         # 4e-5 gave the same, 1e-4 lost 2-8 points (RESULTS: the GRPO sweep)
@@ -105,7 +105,7 @@ def set_aside_stale(model, out):
     if os.path.realpath(scored) == os.path.realpath(model):
         return []
     weights = sorted(f for f in os.listdir(model) if f.endswith(".safetensors")) if os.path.isdir(model) else []
-    if weights and m.get("weights_sha256") == file_hash([os.path.join(model, f) for f in weights]):
+    if weights and m.get("weights_sha256") == files_sha256([os.path.join(model, f) for f in weights]):
         return []  # the same weights, moved (another clone, a renamed runs folder)
     tag = os.path.basename(os.path.dirname(os.path.normpath(scored))) or "old"
     moved = [p for p in (out, preds, meta) if os.path.exists(p)]

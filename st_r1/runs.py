@@ -68,6 +68,14 @@ def _sha256(path):
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def files_sha256(paths):
+    """sha256 over the files' own digests, in order (1 GB/s: seconds even for a 7B checkpoint)."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(bytes.fromhex(_sha256(path)))
+    return h.hexdigest()
+
+
 def hash_files(ckpt):
     """{relative path: sha256} of every file of a checkpoint folder except meta.json (which holds them)."""
     out = {}

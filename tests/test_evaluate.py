@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 
 import evaluate
-from st_r1 import cli, predictions
+from st_r1 import cli, predictions, runs
 
 FWD = ["walk straight", "pass the red door", "turn left"]
 REV = ["turn around", "turn right", "pass the red door", "walk straight"]
@@ -320,7 +320,7 @@ def test_main_job_scores_a_checkpoint_again_once_training_went_past_it(tmp_path)
     with open(os.path.join(new, "model.safetensors"), "wb") as f:
         f.write(b"weights")
     with open(preds + ".meta.json", "w") as f:  # the same weights elsewhere (a moved runs folder): kept
-        json.dump({"model": old, "weights_sha256": evaluate.file_hash([os.path.join(new, "model.safetensors")])}, f)
+        json.dump({"model": old, "weights_sha256": runs.files_sha256([os.path.join(new, "model.safetensors")])}, f)
     assert main_job.set_aside_stale(new, out) == []
     with open(preds + ".meta.json", "w") as f:
         json.dump({"model": old, "weights_sha256": "0" * 64}, f)
