@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.distributed.fsdp import FSDPModule
 
+from st_r1.kvcache import KVCache, shared_prefix_attention
 from st_r1.vision import RMSNorm, VisionTower, apply_rope
 
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -74,6 +75,14 @@ class Attention(nn.Module):
         # rotate in fp32 (cos/sin are fp32), then back to the dtype the projections computed in: under autocast
         # q, k, v and the KV cache all stay bf16 instead of q and k being promoted to fp32 by the rotation
         q, k = apply_rope(q.float(), cos, sin).to(v.dtype), apply_rope(k.float(), cos, sin).to(v.dtype)
+        if cache is not None and cache.prefix_k is not None:  # a shared cache: each row stores what it decoded
+            if L != 1:
+                raise ValueError("a shared KV cache decodes one token at a time")
+            at = start - cache.prefix_len
+            cache.k[layer][:, :, at:at + 1], cache.v[layer][:, :, at:at + 1] = k, v
+            o = shared_prefix_attention(q, cache.prefix_k[layer], cache.prefix_v[layer],
+                                        cache.k[layer][:, :, :at + 1], cache.v[layer][:, :, :at + 1], mask, cache.group)
+            return self.o_proj(o.transpose(1, 2).reshape(B, L, -1))
         if cache is not None:  # write into the pre-allocated cache, attend over everything so far
             ck, cv = cache.k[layer], cache.v[layer]
             ck[:, :, start:start + L] = k
@@ -81,6 +90,12 @@ class Attention(nn.Module):
             k, v = ck[:, :, :start + L], cv[:, :, :start + L]
         if mask is None:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        elif L == 1 and self.n_heads > self.n_kv_heads:
+            # decoding: the query heads that share a kv head become that head's query rows, so each cached key and
+            # value is read once per step instead of once per query head (decoding reads the cache, little else)
+            g = self.n_heads // self.n_kv_heads
+            o = F.scaled_dot_product_attention(q.view(B, self.n_kv_heads, g, self.head_dim), k, v, attn_mask=mask)
+            o = o.view(B, self.n_heads, 1, self.head_dim)
         else:
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         return self.o_proj(o.transpose(1, 2).reshape(B, L, -1))
@@ -133,26 +148,6 @@ def mrope_axes(section, interleaved):
     for a in (1, 2):
         axis[(j % 3 == a) & (j < 3 * section[a])] = a
     return axis
-
-
-class KVCache:
-    """Pre-allocated keys/values (B, kv_heads, max_len, head_dim) per layer, the key mask, and per row the
-    M-RoPE position of the next token (text after a video continues from the video's largest position + 1)."""
-
-    def __init__(self, k, v, mask, next_pos, length=0):
-        self.k, self.v, self.mask, self.next_pos, self.length = k, v, mask, next_pos, length
-
-    @property
-    def max_len(self):
-        return self.mask.shape[1]
-
-    def repeat_interleave(self, n):
-        """Row i -> rows i*n .. i*n+n-1 (share one prefilled prompt between n samples). New tensors, never views:
-        later steps write into them in place, which autograd forbids on views (the GRPO update runs with grad)."""
-        rows = torch.arange(self.mask.shape[0], device=self.mask.device).repeat_interleave(n)
-        rep = lambda t: t.index_select(0, rows)
-        return KVCache([rep(t) for t in self.k], [rep(t) for t in self.v], rep(self.mask), rep(self.next_pos),
-                       self.length)
 
 
 class VideoLM(nn.Module):

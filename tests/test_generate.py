@@ -106,3 +106,29 @@ def test_pick_top_p():
     assert seen == {0, 1}  # 0.5 < 0.7, 0.5 + 0.3 >= 0.7: the nucleus is {0, 1}
     tok, lp, _ = pick(logits, 1.0, 1.0, g)
     assert torch.allclose(lp, logits.log_softmax(-1)[0, tok])
+
+
+def test_prompts_that_end_leave_the_batch_and_sample_as_alone(pair):
+    """A prompt whose samples all ended leaves the decoding batch (the cache is cut down), and with one generator per
+    prompt each prompt's samples and log-probs are those it gets decoded alone: what the others do does not leak."""
+    _, ours = pair
+    ids, mask, vision = batch()
+    eos = list(range(8, 40))  # many end tokens: samples end after a few steps, at different steps
+    kw = dict(max_new_tokens=16, eos_token_ids=eos, pad_token_id=PAD, num_samples=4, temperature=1.0)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (3, 4)]
+    rows = []
+    hook = ours.model.embed_tokens.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    both = generate(ours, ids, mask, generator=gens(), **kw, **vision)
+    hook.remove()
+    assert rows[1] == 8 and 4 in rows, rows  # 8 rows decoding, then only one prompt's 4
+    n_patches = [48, 16]
+    for i, g in enumerate(gens()):
+        start = sum(n_patches[:i])
+        one = dict(pixel_values_videos=vision["pixel_values_videos"][start:start + n_patches[i]],
+                   video_grid_thw=vision["video_grid_thw"][i:i + 1],
+                   second_per_grid_ts=vision["second_per_grid_ts"][i:i + 1])
+        alone = generate(ours, ids[i:i + 1], mask[i:i + 1], generator=[g], **kw, **one)
+        n = alone.tokens.shape[1]
+        mine = slice(4 * i, 4 * i + 4)
+        assert torch.equal(both.tokens[mine, :n], alone.tokens) and not both.mask[mine, n:].any()
+        assert (both.logprobs[mine, :n] - alone.logprobs).abs().max() < 1e-5

@@ -1,0 +1,69 @@
+"""The KV cache of decoding: pre-allocated per row, or one copy of each prompt shared by its G samples."""
+import torch
+
+
+class KVCache:
+    """Pre-allocated keys/values (B, kv_heads, max_len, head_dim) per layer, the key mask, and per row the
+    M-RoPE position of the next token (text after a video continues from the video's largest position + 1).
+    A shared cache (share()) keeps one copy of each prompt's keys/values (prefix_k/v) for its `group` rows and
+    per row only the tokens decoded after it (k/v, from slot prefix_len on)."""
+
+    def __init__(self, k, v, mask, next_pos, length=0, group=1, prefix_k=None, prefix_v=None, prefix_len=0):
+        self.k, self.v, self.mask, self.next_pos, self.length = k, v, mask, next_pos, length
+        self.group, self.prefix_k, self.prefix_v, self.prefix_len = group, prefix_k, prefix_v, prefix_len
+
+    @property
+    def max_len(self):
+        return self.mask.shape[1]
+
+    def select(self, rows):
+        """A cache of the given rows, in that order (of a shared cache: whole groups). New tensors, never views:
+        later steps write into them in place, which autograd forbids on views (the GRPO update runs with grad)."""
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.mask.device)
+        filled = self.length - self.prefix_len
+
+        def pick(t, idx, n):  # only the filled slots are copied: the rest are written before they are read
+            out = t.new_empty((len(idx),) + t.shape[1:])
+            out[:, :, :n] = t[:, :, :n].index_select(0, idx)
+            return out
+        prefix_k = prefix_v = None
+        if self.prefix_k is not None:
+            prompts = rows[::self.group] // self.group
+            assert torch.equal(rows, (prompts[:, None] * self.group + torch.arange(self.group)).flatten())
+            prefix_k = [t.index_select(0, prompts) for t in self.prefix_k]
+            prefix_v = [t.index_select(0, prompts) for t in self.prefix_v]
+        return KVCache([pick(t, rows, filled) for t in self.k], [pick(t, rows, filled) for t in self.v],
+                       self.mask.index_select(0, rows), self.next_pos.index_select(0, rows), self.length,
+                       self.group, prefix_k, prefix_v, self.prefix_len)
+
+    def repeat_interleave(self, n):
+        """Row i -> rows i*n .. i*n+n-1, each with its own copy of the prompt (the GRPO update's cache)."""
+        return self.select(torch.arange(self.mask.shape[0]).repeat_interleave(n))
+
+    def share(self, n):
+        """Row i -> rows i*n .. i*n+n-1 that read one copy of prompt i's keys/values (decoding only). A decoding
+        step reads the whole cache and does little else, so G samples of a ~300-token video prompt read it once
+        instead of G times (bench/RESULTS.md: shared-prefix decoding)."""
+        rows = torch.arange(self.mask.shape[0], device=self.mask.device).repeat_interleave(n)
+        B, kv, _, D = self.k[0].shape
+        rest = lambda t: t.new_empty((B * n, kv, self.max_len - self.length, D))
+        return KVCache([rest(t) for t in self.k], [rest(t) for t in self.v], self.mask.index_select(0, rows),
+                       self.next_pos.index_select(0, rows), self.length, n,
+                       [t[:, :, :self.length] for t in self.k], [t[:, :, :self.length] for t in self.v], self.length)
+
+
+def shared_prefix_attention(q, pk, pv, k, v, mask, group):
+    """One decoding step's attention for rows that share a prompt: q (N, H, 1, D) with N = B * group; pk, pv
+    (B, kv, P, D) the prompts' keys/values; k, v (N, kv, T, D) each row's own; mask (N, 1, 1, P + T). The scores
+    over the prompt are one matmul per prompt for all its rows' query heads; one softmax over both parts."""
+    N, H, _, D = q.shape
+    B, kv, P, _ = pk.shape
+    g = H // kv
+    qg = q.view(B, group, kv, g, D).transpose(1, 2).reshape(B, kv, group * g, D)  # a prompt's queries, by kv head
+    sp = (qg @ pk.transpose(-1, -2)).view(B, kv, group, g, P).transpose(1, 2).reshape(N, kv, g, P)
+    ss = q.view(N, kv, g, D) @ k.transpose(-1, -2)  # (N, kv, g, T)
+    scores = torch.cat([sp, ss], -1).float() * D ** -0.5
+    w = scores.masked_fill(~mask.view(N, 1, 1, -1), -torch.inf).softmax(-1).to(q.dtype)
+    wp = w[..., :P].reshape(B, group, kv, g, P).transpose(1, 2).reshape(B, kv, group * g, P)
+    op = (wp @ pv).view(B, kv, group, g, D).transpose(1, 2).reshape(N, kv, g, D)
+    return (op + w[..., P:] @ v).reshape(N, H, 1, D)
