@@ -29,7 +29,9 @@ class KVCache:
         prefix_k = prefix_v = None
         if self.prefix_k is not None:
             prompts = rows[::self.group] // self.group
-            assert torch.equal(rows, (prompts[:, None] * self.group + torch.arange(self.group)).flatten())
+            whole = (prompts[:, None] * self.group + torch.arange(self.group, device=rows.device)).flatten()
+            if not torch.equal(rows, whole):
+                raise ValueError("a shared KV cache is cut down by whole groups of rows")
             prefix_k = [t.index_select(0, prompts) for t in self.prefix_k]
             prefix_v = [t.index_select(0, prompts) for t in self.prefix_v]
         return KVCache([pick(t, rows, filled) for t in self.k], [pick(t, rows, filled) for t in self.v],
