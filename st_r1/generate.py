@@ -77,8 +77,7 @@ def generate(model, input_ids, attention_mask, *, max_new_tokens, eos_token_ids,
             cache = cache.share(num_samples)
             logits = logits.repeat_interleave(num_samples, dim=0)
         used = 0
-        live = torch.arange(B, device=input_ids.device)  # the prompts still decoding; their rows are in the batch
-        rows = torch.arange(N, device=input_ids.device)
+        rows = torch.arange(N, device=input_ids.device)  # the rows in the batch: those of the prompts still decoding
         gens = list(generator) if isinstance(generator, (list, tuple)) else generator
         for t in steps:
             tok, lp, ent = pick(logits, temperature, top_p, gens, banned)
@@ -95,12 +94,12 @@ def generate(model, input_ids, attention_mask, *, max_new_tokens, eos_token_ids,
             # rollout, bench/RESULTS.md); a row that ended beside unfinished samples of its prompt decodes padding
             # and is discarded, so with one generator per prompt (GRPO's) each draws for all of its rows and the
             # samples do not depend on when other prompts end. The cache is copied when an eighth or more can go.
-            going = ~done[rows].view(len(live), num_samples).all(1)
-            if 0 < int(going.sum()) <= len(live) * 7 // 8:
+            going = ~done[rows].view(-1, num_samples).all(1)
+            if 0 < int(going.sum()) <= len(going) * 7 // 8:
                 keep = going.nonzero()[:, 0]
                 sub = (keep[:, None] * num_samples + torch.arange(num_samples, device=keep.device)).flatten()
                 cache = cache.select(sub)
-                live, rows = live[keep], rows[sub]
+                rows = rows[sub]
                 if isinstance(gens, list):
                     gens = [gens[i] for i in keep.tolist()]
             logits = model(tokens[rows, t:t + 1], cache=cache, logits_to_keep=1)[:, -1]

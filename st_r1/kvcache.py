@@ -8,13 +8,17 @@ class KVCache:
     A shared cache (share()) keeps one copy of each prompt's keys/values (prefix_k/v) for its `group` rows and
     per row only the tokens decoded after it (k/v, from slot prefix_len on)."""
 
-    def __init__(self, k, v, mask, next_pos, length=0, group=1, prefix_k=None, prefix_v=None, prefix_len=0):
+    def __init__(self, k, v, mask, next_pos, length=0, group=1, prefix_k=None, prefix_v=None):
         self.k, self.v, self.mask, self.next_pos, self.length = k, v, mask, next_pos, length
-        self.group, self.prefix_k, self.prefix_v, self.prefix_len = group, prefix_k, prefix_v, prefix_len
+        self.group, self.prefix_k, self.prefix_v = group, prefix_k, prefix_v
 
     @property
     def max_len(self):
         return self.mask.shape[1]
+
+    @property
+    def prefix_len(self):
+        return self.prefix_k[0].shape[2] if self.prefix_k is not None else 0
 
     def select(self, rows):
         """A cache of the given rows, in that order (of a shared cache: whole groups). New tensors, never views:
@@ -36,7 +40,7 @@ class KVCache:
             prefix_v = [t.index_select(0, prompts) for t in self.prefix_v]
         return KVCache([pick(t, rows, filled) for t in self.k], [pick(t, rows, filled) for t in self.v],
                        self.mask.index_select(0, rows), self.next_pos.index_select(0, rows), self.length,
-                       self.group, prefix_k, prefix_v, self.prefix_len)
+                       self.group, prefix_k, prefix_v)
 
     def repeat_interleave(self, n):
         """Row i -> rows i*n .. i*n+n-1, each with its own copy of the prompt (the GRPO update's cache)."""
@@ -51,7 +55,7 @@ class KVCache:
         rest = lambda t: t.new_empty((B * n, kv, self.max_len - self.length, D))
         return KVCache([rest(t) for t in self.k], [rest(t) for t in self.v], self.mask.index_select(0, rows),
                        self.next_pos.index_select(0, rows), self.length, n,
-                       [t[:, :, :self.length] for t in self.k], [t[:, :, :self.length] for t in self.v], self.length)
+                       [t[:, :, :self.length] for t in self.k], [t[:, :, :self.length] for t in self.v])
 
 
 def shared_prefix_attention(q, pk, pv, k, v, mask, group):
