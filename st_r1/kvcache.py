@@ -8,13 +8,18 @@ class KVCache:
     A shared cache (share()) keeps one copy of each prompt's keys/values (prefix_k/v) for its `group` rows and
     per row only the tokens decoded after it (k/v, from slot prefix_len on)."""
 
-    def __init__(self, k, v, mask, next_pos, length=0, group=1, prefix_k=None, prefix_v=None):
+    def __init__(self, k, v, mask, next_pos, length=0, prefix_k=None, prefix_v=None):
         self.k, self.v, self.mask, self.next_pos, self.length = k, v, mask, next_pos, length
-        self.group, self.prefix_k, self.prefix_v = group, prefix_k, prefix_v
+        self.prefix_k, self.prefix_v = prefix_k, prefix_v
 
     @property
     def max_len(self):
         return self.mask.shape[1]
+
+    @property
+    def group(self):
+        """Rows per prompt (1 for a cache that is not shared)."""
+        return self.k[0].shape[0] // self.prefix_k[0].shape[0] if self.prefix_k is not None else 1
 
     @property
     def prefix_len(self):
@@ -40,7 +45,7 @@ class KVCache:
             prefix_v = [t.index_select(0, prompts) for t in self.prefix_v]
         return KVCache([pick(t, rows, filled) for t in self.k], [pick(t, rows, filled) for t in self.v],
                        self.mask.index_select(0, rows), self.next_pos.index_select(0, rows), self.length,
-                       self.group, prefix_k, prefix_v)
+                       prefix_k, prefix_v)
 
     def repeat_interleave(self, n):
         """Row i -> rows i*n .. i*n+n-1, each with its own copy of the prompt (the GRPO update's cache)."""
@@ -49,12 +54,12 @@ class KVCache:
     def share(self, n):
         """Row i -> rows i*n .. i*n+n-1 that read one copy of prompt i's keys/values (decoding only). A decoding
         step reads the whole cache and does little else, so G samples of a ~300-token video prompt read it once
-        instead of G times (bench/RESULTS.md: shared-prefix decoding)."""
+        instead of G times (bench/RESULTS.md, "30 steps, and a rollout that makes room for them")."""
         rows = torch.arange(self.mask.shape[0], device=self.mask.device).repeat_interleave(n)
         B, kv, _, D = self.k[0].shape
         rest = lambda t: t.new_empty((B * n, kv, self.max_len - self.length, D))
         return KVCache([rest(t) for t in self.k], [rest(t) for t in self.v], self.mask.index_select(0, rows),
-                       self.next_pos.index_select(0, rows), self.length, n,
+                       self.next_pos.index_select(0, rows), self.length,
                        [t[:, :, :self.length] for t in self.k], [t[:, :, :self.length] for t in self.v])
 
 
