@@ -6,7 +6,7 @@ paper's weak-start case (GRPO from CoT SFT stopped halfway), over several seeds,
 each question given another video's frames: the column that shows whether the answers come from the video (chance)
 or from the text of the question and its options (above chance).
 
-    python bench/main_job.py                      # ~55 min on 2 CPU cores; rerun the same command to resume
+    python bench/main_job.py                      # ~55-65 min on 2 CPU cores; rerun the same command to resume
 
 Every stage is one of the three top-level scripts run as a subprocess with the flags printed above it, so the job
 reads as the recipe a user would type. A stage whose result exists is skipped; a stopped training stage continues
@@ -54,7 +54,7 @@ class Job:
     sft_batch: int = 16
     sft_lr: float = 5e-4          # a pretrained base: lower than from scratch, so SFT does not wash out what it sees
     weak_steps: int = 300         # sft_cot's checkpoint kept as the weak start (the paper's "ST-CoT below base" case)
-    grpo_steps: int = 30          # 20 gave +3.0 over CoT SFT, 30 +5.7, 40 +5.7 (RESULTS: 30 steps)
+    grpo_steps: int = 30          # 20 gave +3.0 over CoT SFT, 30 +5.7 (+4.7 on another CPU), 40 +5.7 (RESULTS)
     grpo_prompts: int = 16        # prompts per GRPO step, each with grpo_group samples (4: +0.1 in 20 steps)
     grpo_group: int = 8
     grpo_lr: float = 2e-5         # 4e-5 gave the same, 1e-4 lost 2-8 points (RESULTS: the GRPO sweep)
