@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from st_r1.kvcache import group_rows
+
 
 @dataclass
 class Generation:
@@ -97,7 +99,7 @@ def generate(model, input_ids, attention_mask, *, max_new_tokens, eos_token_ids,
             going = ~done[rows].view(-1, num_samples).all(1)
             if 0 < int(going.sum()) <= len(going) * 7 // 8:
                 keep = going.nonzero()[:, 0]
-                sub = (keep[:, None] * num_samples + torch.arange(num_samples, device=keep.device)).flatten()
+                sub = group_rows(keep, num_samples)
                 cache = cache.select(sub)
                 rows = rows[sub]
                 if isinstance(gens, list):

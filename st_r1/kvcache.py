@@ -2,6 +2,11 @@
 import torch
 
 
+def group_rows(prompts, group):
+    """The rows of the given prompts' groups of `group` rows each, in order: prompt i -> rows i*group .. +group-1."""
+    return (prompts[:, None] * group + torch.arange(group, device=prompts.device)).flatten()
+
+
 class KVCache:
     """Pre-allocated keys/values (B, kv_heads, max_len, head_dim) per layer, the key mask, and per row the
     M-RoPE position of the next token (text after a video continues from the video's largest position + 1).
@@ -38,8 +43,7 @@ class KVCache:
         prefix_k = prefix_v = None
         if self.prefix_k is not None:
             prompts = rows[::self.group] // self.group
-            whole = (prompts[:, None] * self.group + torch.arange(self.group, device=rows.device)).flatten()
-            if not torch.equal(rows, whole):
+            if not torch.equal(rows, group_rows(prompts, self.group)):
                 raise ValueError("a shared KV cache is cut down by whole groups of rows")
             prefix_k = [t.index_select(0, prompts) for t in self.prefix_k]
             prefix_v = [t.index_select(0, prompts) for t in self.prefix_v]
