@@ -9,7 +9,6 @@ and the probe reports the mean probability of the chain's letter there, how ofte
 probability of the gold letter and the entropy at that slot. Fixed replies separate the copy (this slot) from the
 chain (the tokens before it): a model's greedy accuracy moves with both.
 """
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from st_r1 import answers, cli, data, rewards  # noqa: E402
 from st_r1.model import VideoLM  # noqa: E402
+from st_r1.predictions import read_predictions  # noqa: E402
 
 
 @dataclass
@@ -67,13 +67,7 @@ def probe(model_dir, rows, replies, video_root, limit):
 def main(opt):
     torch.set_num_threads(1)
     rows = data.load_rows(opt.bench)
-    replies = {}
-    with open(opt.replies) as f:
-        for line in f:
-            if line.strip():
-                p = json.loads(line)
-                if "prediction" in p:
-                    replies[p["index"]] = p["prediction"]
+    replies = read_predictions(opt.replies, len(rows))  # the evaluator's reader: a bad line names path:line
     print(f"| model | replies | p(chain's letter) | argmax = chain's letter | p(gold letter) | entropy (nats) |\n"
           f"|---|---|---|---|---|---|")
     for m in opt.models.split(","):
