@@ -281,6 +281,8 @@ def main(cfg):
         if "accuracy" in names:
             mc = [i for i, r in enumerate(sample_rows) if r.get("task", "mcq") != "route"]
             rec["accuracy"] = per_fn[mc, names.index("accuracy")].mean().item() if mc else 0.0
+        # each rank's loss is its part of the global one (global normalisers): the parts add up, the rest average
+        rec["loss"] *= d.world_size
         keys = [k for k, v in rec.items() if isinstance(v, float)]  # one collective for the whole record
         rec.update(zip(keys, dist.all_reduce_mean(torch.tensor([rec[k] for k in keys], dtype=torch.float64)).tolist()))
         if d.is_main:

@@ -41,10 +41,16 @@ def pick(logits, temperature=0.0, top_p=1.0, generator=None, banned=()):
         # one generator per prompt, drawing for that prompt's rows: samples depend on the prompt, not on which
         # other prompts share the batch (so a run split over ranks samples exactly as one process does)
         rows = probs.shape[0] // len(generator)
-        tok = torch.cat([torch.multinomial(probs[i * rows:(i + 1) * rows], 1, generator=g)[:, 0]
-                         for i, g in enumerate(generator)])
+        u = torch.cat([torch.rand(rows, 1, generator=g, device=probs.device) for g in generator])
     else:
-        tok = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device)
+    # inverse-CDF sampling, one uniform per row: the law of torch.multinomial, whose CPU kernel draws an exponential
+    # for every token of the vocabulary (a sixth of a GRPO rollout, bench/RESULTS.md). The first token whose
+    # cumulative mass exceeds u * total: a token of zero probability never is (its cdf equals the one before it).
+    cdf = probs.cumsum(-1)
+    total = cdf[:, -1:]
+    x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))  # < total: never past the last
+    tok = torch.searchsorted(cdf, x, right=True)[:, 0]
     return tok, logp.gather(-1, tok[:, None])[:, 0], -(logp.exp() * logp).nan_to_num().sum(-1)
 
 

@@ -278,9 +278,10 @@ class VideoLM(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
                 pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None, mm_token_type_ids=None,
-                cache=None, logits_to_keep=0):
-        """Logits (B, L, V), or (B, k, V) for logits_to_keep=k. mm_token_type_ids is accepted and ignored: the
-        modality is read from the ids. With a cache, input_ids are the new tokens only."""
+                cache=None, logits_to_keep=0, logits_at=None):
+        """Logits (B, L, V), or (B, k, V) for logits_to_keep=k, or (N, V) at the N True places of a (B, L) bool
+        logits_at. mm_token_type_ids is accepted and ignored: the modality is read from the ids. With a cache,
+        input_ids are the new tokens only."""
         B, n = input_ids.shape
         past = cache.length if cache is not None else 0
         new_mask = torch.ones(B, n, dtype=torch.bool, device=input_ids.device)
@@ -331,6 +332,8 @@ class VideoLM(nn.Module):
             x = self.model.norm(x)
             if logits_to_keep:
                 x = x[:, -logits_to_keep:]
+            if logits_at is not None:  # SFT: only the answer's places get logits (the video's are half the row)
+                x = x[logits_at]
             return self.lm_head(x)
 
     # ---------------------------------------------------------------- construction and checkpoints

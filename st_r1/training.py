@@ -30,10 +30,11 @@ def resumed_counts(state):
 def sft_loss(model, batch, num_tokens):
     """Sum of answer-token cross-entropies / the global answer-token count (so split batches add up exactly)."""
     labels = batch.pop("labels")
-    logits = model(**batch).float()
-    # token t predicts t+1; labels are -100 on prompt and video tokens (masked out)
-    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
-                                             ignore_index=-100, reduction="sum") / num_tokens
+    # token t predicts t+1; labels are -100 on prompt and video tokens, which so need no logits at all
+    target = labels[:, 1:]
+    at = torch.nn.functional.pad(target != -100, (0, 1))
+    logits = model(**batch, logits_at=at).float()
+    return torch.nn.functional.cross_entropy(logits, target[target != -100], reduction="sum") / num_tokens
 
 
 def cosine_schedule(optimizer, warmup_steps, total_steps, min_ratio=0.1):

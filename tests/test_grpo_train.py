@@ -23,10 +23,11 @@ def toy_model():
 LETTERS = (3, 4, 5, 6)  # the toy's "A".."D"; prompt i names LETTERS[i] in its last token
 
 
-def learn(sign=1.0, steps=30, beta=0.0, num_iterations=1, model=None, ref=None, reward_fn=None, lr=2e-2):
+def learn(sign=1.0, steps=30, beta=0.0, num_iterations=1, model=None, ref=None, reward_fn=None, lr=1e-2):
     """A few dozen GRPO steps (rollout -> reward -> group advantages -> update) on 4 prompts, each naming a letter:
     reward 1 when the completion's first token is the prompt's letter. sign=-1 flips the advantages. Returns the
-    model, the sampled reward and the logged KL per step."""
+    model, the sampled reward and the logged KL per step. (At lr 2e-2 one prompt's letter could fall back to 0
+    after it was learned, for some of the samplers' seeds: 1e-2 reached > 0.9 for each of the six tried.)"""
     model = model or toy_model()
     cfg = grpo.GRPOConfig(group_size=16, max_new_tokens=3, beta=beta, micro_batch=64, num_iterations=num_iterations)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)

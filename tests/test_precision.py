@@ -82,6 +82,33 @@ def rel_err(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
+@pytest.mark.parametrize("model_type", TYPES)
+def test_sft_loss_takes_logits_at_the_answer_only(model_type):
+    """sft_loss asks the model for the logits of the labelled places only (logits_at): the same loss and gradients
+    as the cross-entropy over every place's logits with the unlabelled ones ignored, and none of the video's."""
+    model, _ = make(model_type, "fp32")
+    b = batch(patch=patch_of(model))
+    b["labels"][:, :14] = -100  # the video and the first text tokens are prompt: not learned
+    n = int((b["labels"][:, 1:] != -100).sum())
+    loss = sft_loss(model.train(), dict(b), n)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    full = model(**{k: v for k, v in b.items() if k != "labels"})
+    assert full.shape[:2] == b["input_ids"].shape
+    ref = torch.nn.functional.cross_entropy(full[:, :-1].flatten(0, 1), b["labels"][:, 1:].flatten(),
+                                            ignore_index=-100, reduction="sum") / n
+    ref.backward()
+    assert torch.allclose(loss, ref, rtol=1e-5, atol=1e-6)
+    for g, p in zip(grads, model.parameters()):
+        assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-7)
+    b2 = dict(b, labels=b["labels"].clone())
+    b2["labels"][0, 20] = 7  # a label the model does not predict there moves the loss: the targets line up
+    assert not torch.allclose(sft_loss(model, b2, n), loss)
+    b3 = dict(b, labels=torch.full_like(b["labels"], -100))  # a zero-weight pass (a rank without rows): 0, finite
+    assert sft_loss(model, b3, 1).item() == 0.0
+
+
 # ----------------------------------------------------------------------------------------------- autocast safety
 
 @pytest.mark.parametrize("model_type", TYPES)

@@ -49,12 +49,20 @@ def log(out):
     return [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
 
 
-def assert_same(a, b, key, tol):
+def assert_same(a, b, key, tol, keys=(), wtol=None):
+    """The logs of a and b agree on key (and keys) within tol, their final weights within wtol (default tol)."""
     la, lb = log(a), log(b)
-    assert [r[key] for r in la] == pytest.approx([r[key] for r in lb], abs=tol)
+    for name in (key,) + tuple(keys):
+        assert [r[name] for r in la] == pytest.approx([r[name] for r in lb], abs=tol), name
     wa, wb = final(a), final(b)
     for k in wa:
-        assert torch.allclose(wa[k], wb[k], atol=tol), k
+        assert torch.allclose(wa[k], wb[k], atol=tol if wtol is None else wtol), k
+
+
+# GRPO at lr 1e-2: AdamW turns float noise in a gradient that is ~0 (the key biases', which the softmax cancels; a
+# patch weight) into a step of up to lr, so 1- and 2-rank weights may differ by ~1e-4 though the gradients agree
+# (the logged loss and gradient norm, to 1e-6 and 1e-4)
+GRPO_WTOL = 1e-3
 
 
 SFT = ["--steps", 3, "--batch-size", 4, "--micro-batch", 2, "--lr", 1e-3, "--warmup", 1]
@@ -102,7 +110,9 @@ def test_grpo_two_ranks_equal_one_process(tiny, tmp_path):
     for n in (1, 2):
         p = run("train_grpo.py", common(tiny, tmp_path / f"n{n}") + args, nproc=n)
         assert p.returncode == 0, p.stderr[-3000:]
-    assert_same(tmp_path / "n1", tmp_path / "n2", "reward", 1e-4)
+    assert_same(tmp_path / "n1", tmp_path / "n2", "reward", 1e-4, keys=("grad_norm", "kl"), wtol=GRPO_WTOL)
+    assert [r["loss"] for r in log(tmp_path / "n1")] == pytest.approx([r["loss"] for r in log(tmp_path / "n2")],
+                                                                       abs=1e-6)  # the ranks' parts, summed
     assert all(r["grad_norm"] > 0 and r["frac_zero_std"] < 1 for r in log(tmp_path / "n1"))  # it really learned
     assert log(tmp_path / "n1")[-1]["kl"] > 0  # the policy moved away from the reference
 
@@ -184,7 +194,7 @@ def test_grpo_dynamic_sampling_two_ranks_equal_one_process(tiny, tmp_path):
     for n in (1, 2):
         p = run("train_grpo.py", common(tiny, tmp_path / f"n{n}") + args, nproc=n)
         assert p.returncode == 0, p.stderr[-3000:]
-    assert_same(tmp_path / "n1", tmp_path / "n2", "reward", 1e-4)
+    assert_same(tmp_path / "n1", tmp_path / "n2", "reward", 1e-4, keys=("grad_norm", "loss"), wtol=GRPO_WTOL)
     recs = log(tmp_path / "n1")
     assert [(r["drawn"], r["kept"]) for r in recs] == [(4, 2), (4, 2)] and all(r["grad_norm"] > 0 for r in recs)
     # no group with spread (format alone: a random model never writes the tags): nothing to learn, no update
