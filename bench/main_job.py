@@ -6,7 +6,7 @@ paper's weak-start case (GRPO from CoT SFT stopped halfway), over several seeds,
 each question given another video's frames: the column that shows whether the answers come from the video (chance)
 or from the text of the question and its options (above chance).
 
-    python bench/main_job.py                      # ~55-65 min on 2 CPU cores; rerun the same command to resume
+    python bench/main_job.py                      # ~53-65 min on 2 CPU cores; rerun the same command to resume
 
 Every stage is one of the three top-level scripts run as a subprocess with the flags printed above it, so the job
 reads as the recipe a user would type. A stage whose result exists is skipped; a stopped training stage continues
